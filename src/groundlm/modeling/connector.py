@@ -1,0 +1,112 @@
+"""Connectors: turn vision features [B, N, C] into language-model embeddings [B, N_img, D].
+
+- `linear`: one Linear C -> D (LLaVA-1).
+- `mlp2x_gelu`: Linear C -> D, GELU, Linear D -> D (LLaVA-1.5). The layers are named `linear_1`/`linear_2`
+  like transformers' `LlavaMultiModalProjector`, so weights map 1:1.
+- `concat4`: 4 sequence-adjacent tokens concatenated on channels, [B, N, C] -> [B, N/4, 4C], then one Linear
+  4C -> D (MiniGPT-v2). On a row-major patch grid each group is a 1x4 strip within a row, not a 2x2 block.
+- `qformer`: learned queries cross-attend the (layer-normed) vision features through BLIP-2's Q-Former, then a
+  Linear Dq -> D (MiniGPT-4). One image becomes `num_query_tokens` tokens.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import Blip2QFormerModel
+
+from .config import CONCAT_GROUP, CONNECTORS, GroundLMConfig
+
+
+class LinearConnector(nn.Module):
+    """One Linear layer from the vision width to the text width (LLaVA-1)."""
+
+    def __init__(self, vision_hidden: int, text_hidden: int, bias: bool = True):
+        super().__init__()
+        self.linear = nn.Linear(vision_hidden, text_hidden, bias=bias)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """[B, N, C] -> [B, N, D]."""
+        return self.linear(features)
+
+
+class MLPConnector(nn.Module):
+    """Linear, GELU, Linear (LLaVA-1.5's `mlp2x_gelu`), with `LlavaMultiModalProjector`'s layer names."""
+
+    def __init__(self, vision_hidden: int, text_hidden: int, bias: bool = True):
+        super().__init__()
+        self.linear_1 = nn.Linear(vision_hidden, text_hidden, bias=bias)
+        self.act = nn.GELU()
+        self.linear_2 = nn.Linear(text_hidden, text_hidden, bias=bias)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """[B, N, C] -> [B, N, D]."""
+        return self.linear_2(self.act(self.linear_1(features)))
+
+
+class Concat4Connector(nn.Module):
+    """Concatenate each run of 4 sequence-adjacent tokens on channels, then one Linear (MiniGPT-v2)."""
+
+    def __init__(self, vision_hidden: int, text_hidden: int, bias: bool = True):
+        super().__init__()
+        self.linear = nn.Linear(CONCAT_GROUP * vision_hidden, text_hidden, bias=bias)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """[B, N, C] -> [B, N/4, D]; output token j sees tokens 4j, 4j+1, 4j+2, 4j+3 in that order."""
+        batch, num_tokens, channels = features.shape
+        if num_tokens % CONCAT_GROUP != 0:
+            raise ValueError(f"concat4 needs a token count divisible by {CONCAT_GROUP}, got {num_tokens}")
+        # A contiguous row-major reshape puts x[4j], ..., x[4j+3] side by side in row j: [B, N/4, 4C].
+        grouped = features.reshape(batch, num_tokens // CONCAT_GROUP, CONCAT_GROUP * channels)
+        return self.linear(grouped)
+
+
+class QFormerConnector(nn.Module):
+    """Learned queries read the vision features through BLIP-2's Q-Former, then a Linear (MiniGPT-4).
+
+    MiniGPT-4 layer-norms the tower's output first (`ln_vision`); `vision_norm` plays that role.
+    """
+
+    def __init__(self, config: GroundLMConfig):
+        super().__init__()
+        qformer_config = config.qformer_config
+        self.vision_norm = nn.LayerNorm(config.vision_config.hidden_size)
+        # [1, Q, Dq]; initialised from a normal in `GroundLMPreTrainedModel._init_weights` (identical queries
+        # would stay identical forever, as nothing else tells them apart).
+        self.query_tokens = nn.Parameter(torch.zeros(1, config.num_query_tokens, qformer_config.hidden_size))
+        self.qformer = Blip2QFormerModel(qformer_config)
+        self.linear = nn.Linear(
+            qformer_config.hidden_size, config.text_config.hidden_size, bias=config.projector_bias
+        )
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """[B, N, C] -> [B, Q, D]."""
+        features = self.vision_norm(features)
+        queries = self.query_tokens.expand(features.shape[0], -1, -1)  # [B, Q, Dq]
+        # The Q-Former runs in its own (fp32) dtype and casts the vision features itself.
+        out = self.qformer(query_embeds=queries, encoder_hidden_states=features, return_dict=True)
+        return self.linear(out.last_hidden_state.to(self.linear.weight.dtype))  # [B, Q, D]
+
+
+def build_connector(config: GroundLMConfig) -> nn.Module:
+    """The connector named by `config.connector`, sized from the vision and text configs."""
+    vision_hidden = config.vision_config.hidden_size
+    text_hidden = config.text_config.hidden_size
+    if config.connector == "linear":
+        return LinearConnector(vision_hidden, text_hidden, bias=config.projector_bias)
+    elif config.connector == "mlp2x_gelu":
+        return MLPConnector(vision_hidden, text_hidden, bias=config.projector_bias)
+    elif config.connector == "concat4":
+        return Concat4Connector(vision_hidden, text_hidden, bias=config.projector_bias)
+    elif config.connector == "qformer":
+        return QFormerConnector(config)
+    raise ValueError(f"unknown connector {config.connector!r}; choose one of {', '.join(CONNECTORS)}")
+
+
+__all__ = [
+    "Concat4Connector",
+    "LinearConnector",
+    "MLPConnector",
+    "QFormerConnector",
+    "build_connector",
+]

@@ -1,0 +1,87 @@
+"""The vision tower: build it from a config or load it from a local checkpoint, and select its features.
+
+Towers are plain transformers vision models: `CLIPVisionModel`, `SiglipVisionModel` or `ViTModel` (without its
+pooler, which groundlm never uses). Features are one hidden state of the tower (LLaVA's
+`mm_vision_select_layer`), with or without the CLS token.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    CLIPVisionModel,
+    PreTrainedConfig,
+    PreTrainedModel,
+    SiglipVisionModel,
+    ViTModel,
+)
+
+from .config import VISION_TOWERS, tower_has_cls_token
+
+
+def build_vision_tower(vision_config: PreTrainedConfig) -> PreTrainedModel:
+    """A randomly initialised vision tower for `vision_config` (CLIP, SigLIP or ViT)."""
+    tower_has_cls_token(vision_config)  # raises a clear error for an unsupported tower type
+    if vision_config.model_type == "vit":
+        # AutoModel would add ViT's pooler (a dense layer on CLS); its weights would never get gradients.
+        return AutoModel.from_config(vision_config, add_pooling_layer=False)
+    return AutoModel.from_config(vision_config)
+
+
+def load_vision_tower(path_or_id: str | os.PathLike, *, dtype: torch.dtype | None = None) -> PreTrainedModel:
+    """Load a pretrained vision tower from a local checkpoint directory (or the local hub cache).
+
+    Accepts a vision-only checkpoint or a dual-encoder one (a full CLIP or SigLIP model, whose vision half is
+    taken, as LLaVA does with `openai/clip-vit-large-patch14-336`). groundlm never downloads: a hub id that is
+    not already in the local cache fails with an error saying the files are needed locally.
+    """
+    try:
+        config = AutoConfig.from_pretrained(path_or_id, local_files_only=True)
+    except OSError as err:
+        raise FileNotFoundError(
+            f"cannot load the vision tower {str(path_or_id)!r}: groundlm needs its files locally and never "
+            "downloads. Pass a local checkpoint directory, or fetch it first on a machine with network "
+            f"(e.g. `hf download {path_or_id} --local-dir <dir>`). ({err})"
+        ) from err
+    # Dual encoders ("clip", "siglip") nest the tower's config; a vision-only checkpoint is the tower.
+    vision_config = getattr(config, "vision_config", None) or config
+    model_type = vision_config.model_type
+    extra = {}
+    if model_type == "clip_vision_model":
+        tower_class = CLIPVisionModel
+    elif model_type == "siglip_vision_model":
+        tower_class = SiglipVisionModel
+    elif model_type == "vit":
+        tower_class, extra = ViTModel, {"add_pooling_layer": False}
+    else:
+        raise ValueError(
+            f"{str(path_or_id)!r} holds a {model_type!r} model, not a supported vision tower "
+            f"({', '.join(VISION_TOWERS)})"
+        )
+    # The vision classes read their half of a dual-encoder checkpoint (config and weights) by themselves.
+    return tower_class.from_pretrained(path_or_id, local_files_only=True, dtype=dtype, **extra)
+
+
+def select_image_features(
+    tower: PreTrainedModel, pixel_values: torch.Tensor, layer: int, strategy: str
+) -> torch.Tensor:
+    """The tower's hidden state `layer` for `pixel_values` [B, 3, H, W], as [B, N, C].
+
+    `strategy="default"` drops the CLS token when the tower has one (CLIP, ViT); `"full"` keeps every token.
+    SigLIP has no CLS token, so both strategies give all its patch tokens.
+    """
+    if strategy not in ("default", "full"):
+        raise ValueError(f"unknown vision_feature_select_strategy {strategy!r}; choose one of default, full")
+    outputs = tower(pixel_values=pixel_values, output_hidden_states=True, return_dict=True)
+    # hidden_states: (embeddings, layer_1, ..., layer_L), each [B, 1 + P, C] with a CLS token, else [B, P, C].
+    features = outputs.hidden_states[layer]
+    if strategy == "default" and tower_has_cls_token(tower.config):
+        features = features[:, 1:]  # [B, P, C]
+    return features
+
+
+__all__ = ["build_vision_tower", "load_vision_tower", "select_image_features"]
