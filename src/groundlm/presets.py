@@ -1,0 +1,147 @@
+"""Model presets: small models built from configs with random weights, with their tokenizer and processor.
+
+Real recipes start from pretrained towers and language models (a local path, or a hub id for users with
+network). Presets are what tests, the demo and the benchmarks train from scratch on a CPU: every size below is
+chosen so a forward pass takes milliseconds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .location import TextLocationCodec
+from .modeling import GroundLMConfig, GroundLMForConditionalGeneration
+from .processor import GroundLMProcessor, ProcessorConfig
+from .templates import TASKS, get_template
+from .tokenizer import build_word_tokenizer
+
+# The words small models know: what ShapesWorld and the task instructions talk about. Anything else maps to
+# <unk>; a real recipe uses the language model's own tokenizer instead.
+BASE_WORDS = """
+a an the this that these those it its is are was be there here what which who where how many much
+of in on at to from with without and or not no yes left right above below top bottom middle center
+near next beside between under over behind front inside outside largest smallest biggest big small large
+medium tiny huge one two three four five six seven eight nine ten zero object objects shape shapes
+circle circles square squares triangle triangles rectangle rectangles ellipse star stars cross crosses
+diamond diamonds red green blue yellow purple orange white black gray grey pink brown cyan colour color
+image picture photo please describe briefly give me location tell find where locate could you
+identify detect describe show region box boxes area part thing something can see i count number
+human assistant user system
+""".split() + list(".,?!:;'\"()-")
+
+# Instruction words the task builders use beyond the base vocabulary.
+INSTRUCTION_WORDS = """
+details detail detailed thorough summary summarize words short caption answer question respond based
+following present object present at this location its is can I the for
+""".split()
+
+
+@dataclass(frozen=True)
+class Preset:
+    """The sizes of a model built from scratch."""
+
+    image_size: int = 64
+    patch_size: int = 8
+    vision_hidden: int = 64
+    vision_layers: int = 2
+    text_hidden: int = 128
+    text_layers: int = 2
+    heads: int = 4
+    connector: str = "concat4"
+    template: str = "llama2"
+    frame: str = "resize"
+    location_bins: int = 100
+
+
+# MiniGPT-v2's architecture in miniature: plain resize, concat4 connector, llama2 template, text locations.
+PRESETS: dict[str, Preset] = {
+    "tiny": Preset(),
+    "small": Preset(image_size=96, vision_hidden=128, vision_layers=4, text_hidden=256, text_layers=4),
+}
+
+
+def get_preset(name: str) -> Preset:
+    """The preset called `name`, with an error listing the valid names."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    return PRESETS[name]
+
+
+def build_processor(preset: Preset, num_image_tokens: int, words: list[str] | None = None) -> GroundLMProcessor:
+    """A word-level tokenizer and processor for `preset`."""
+    template = get_template(preset.template)
+    codec = TextLocationCodec(bins=preset.location_bins)
+    tokenizer = build_word_tokenizer(
+        words if words is not None else BASE_WORDS + INSTRUCTION_WORDS,
+        tokens=codec.special_tokens() + [f"[{t}]" for t in TASKS],
+        # the stop string too: plain's "\n" would otherwise vanish in whitespace splitting
+        special_tokens=[*template.special_tokens, template.stop],
+    )
+    config = ProcessorConfig(
+        template=preset.template,
+        image_size=preset.image_size,
+        frame=preset.frame,
+        num_image_tokens=num_image_tokens,
+        location_bins=preset.location_bins,
+    )
+    return GroundLMProcessor(tokenizer, config)
+
+
+def build_model(
+    preset: str | Preset = "tiny", *, seed: int = 0, words: list[str] | None = None
+) -> tuple[GroundLMForConditionalGeneration, GroundLMProcessor]:
+    """A randomly initialised model and its processor for a preset (deterministic for a given seed)."""
+    p = get_preset(preset) if isinstance(preset, str) else preset
+    vision = {
+        "model_type": "clip_vision_model",
+        "image_size": p.image_size,
+        "patch_size": p.patch_size,
+        "hidden_size": p.vision_hidden,
+        "intermediate_size": 2 * p.vision_hidden,
+        "num_hidden_layers": p.vision_layers,
+        "num_attention_heads": p.heads,
+    }
+    # The token count depends only on the vision config and connector; build the config once to learn it.
+    probe = GroundLMConfig(vision_config=vision, text_config={"model_type": "llama"}, connector=p.connector)
+    processor = build_processor(p, probe.num_image_tokens, words)
+    tok = processor.tokenizer
+    text = {
+        "model_type": "llama",
+        "vocab_size": len(tok),
+        "hidden_size": p.text_hidden,
+        "intermediate_size": 2 * p.text_hidden,
+        "num_hidden_layers": p.text_layers,
+        "num_attention_heads": p.heads,
+        "num_key_value_heads": p.heads,
+        "max_position_embeddings": 1024,
+        "bos_token_id": tok.bos_token_id,
+        "eos_token_id": tok.eos_token_id,
+        "pad_token_id": tok.pad_token_id,
+        "tie_word_embeddings": False,
+    }
+    config = GroundLMConfig(
+        vision_config=vision,
+        text_config=text,
+        connector=p.connector,
+        image_token_id=processor.image_token_id,
+        frame=p.frame,
+        location_bins=p.location_bins,
+        pad_token_id=tok.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    model = GroundLMForConditionalGeneration(config).eval()
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.generation_config.eos_token_id = processor.stop_token_id or tok.eos_token_id
+    return model, processor
+
+
+def new_model(out: str | Path, preset: str = "tiny", *, seed: int = 0) -> Path:
+    """Write a randomly initialised model directory (weights, config, tokenizer, processor) to `out`."""
+    model, processor = build_model(preset, seed=seed)
+    out = Path(out)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out

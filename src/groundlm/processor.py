@@ -1,0 +1,215 @@
+"""The processor: conversations and images in, model tensors out; generated text in, grounded objects out.
+
+It joins the three pieces that decide what the model sees:
+- the chat template (`templates.py`) gives the conversation as segments, each marked as target or not, so the
+  label mask follows the structure of the conversation (answer + end token only);
+- the location codec (`location.py`) writes every `<box:i>` slot in the model's own location format, with boxes
+  normalised to the model's input frame (`geometry.Frame`);
+- the image transform (`images.py`) makes the square pixel tensor, and the single `<image>` placeholder is
+  expanded here to exactly `num_image_tokens` copies (the transformers convention), so the model only scatters.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from .geometry import Frame
+from .images import CLIP_MEAN, CLIP_STD, ImageInput, ImageTransform, load_image
+from .location import GroundedObject, TextLocationCodec
+from .records import BOX_SLOT
+from .templates import ChatTemplate, get_template
+
+IGNORE_INDEX = -100
+PROCESSOR_FILE = "groundlm_processor.json"
+
+
+@dataclass
+class ProcessorConfig:
+    """Everything besides the tokenizer that turns a conversation into tensors. Saved as JSON with the model."""
+
+    template: str = "llama2"
+    image_size: int = 224
+    frame: str = "resize"
+    num_image_tokens: int = 256
+    image_token: str = "<image>"
+    location_bins: int = 100
+    mean: tuple[float, float, float] = CLIP_MEAN
+    std: tuple[float, float, float] = CLIP_STD
+    max_length: int | None = None  # None: never truncate (truncation would cut image tokens or answers)
+
+
+class EmptyTargetError(ValueError):
+    """A training conversation has no supervised token (its label mask would be all -100)."""
+
+
+@dataclass
+class Encoded:
+    """One tokenised conversation: `input_ids` and `labels` (-100 outside the answers), same length."""
+
+    input_ids: list[int]
+    labels: list[int]
+    frame: Frame | None = None
+    pixel_values: torch.Tensor | None = None  # [3, S, S]
+    meta: dict = field(default_factory=dict)
+
+
+class GroundLMProcessor:
+    """Template + location codec + image transform + tokenizer, for training and for inference."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, config: ProcessorConfig):
+        self.tokenizer = tokenizer
+        self.config = config
+        self.template: ChatTemplate = get_template(config.template)
+        self.codec = TextLocationCodec(bins=config.location_bins)
+        self.transform = ImageTransform(config.image_size, config.frame, tuple(config.mean), tuple(config.std))
+        self.image_token_id = tokenizer.convert_tokens_to_ids(config.image_token)
+        if self.image_token_id is None or self.image_token_id == tokenizer.unk_token_id:
+            raise ValueError(f"the tokenizer has no token for the image placeholder {config.image_token!r}")
+        if tokenizer.pad_token_id is None:
+            raise ValueError("the tokenizer has no pad token; batching needs one")
+
+    # ---- images -------------------------------------------------------------------------------------------
+    def image(self, source: ImageInput) -> tuple[torch.Tensor, Frame]:
+        """Load `source` and return its pixel tensor [3, S, S] and its frame."""
+        return self.transform(load_image(source))
+
+    # ---- text ---------------------------------------------------------------------------------------------
+    def render_locations(self, content: str, boxes: Sequence[Sequence[float]], frame: Frame | None) -> str:
+        """Replace the `<box:i>` slots of `content` by the codec's text for `boxes[i]` (original pixels)."""
+        if not BOX_SLOT.search(content):
+            return content
+        if frame is None:
+            raise ValueError(f"{content!r} points at boxes but no image frame is given to normalise them")
+        return self.codec.render(content, [frame.normalize(b) for b in boxes])
+
+    def encode(
+        self,
+        messages: Sequence,
+        *,
+        boxes: Sequence[Sequence[float]] = (),
+        frame: Frame | None = None,
+        image: bool = True,
+        add_generation_prompt: bool = False,
+    ) -> Encoded:
+        """Tokenise one conversation; labels keep only the template's target segments (answers + end token).
+
+        `messages` are `records.Message`s or `{"role", "content"}` dicts whose content may hold `<box:i>` slots
+        referring to `boxes` (pixels of the original image). Raises `EmptyTargetError` for a training
+        conversation without any supervised token rather than silently training on nothing.
+        """
+        rendered = []
+        for i, m in enumerate(messages):
+            role, content = (m["role"], m["content"]) if isinstance(m, dict) else (m.role, m.content)
+            if self.config.image_token in content:
+                raise ValueError(
+                    f"messages[{i}].content contains the image placeholder {self.config.image_token!r}; "
+                    "the processor places the image itself"
+                )
+            if role == "assistant" and not content.strip():
+                raise ValueError(f"messages[{i}].content: empty assistant answer; there is nothing to learn")
+            rendered.append({"role": role, "content": self.render_locations(content, boxes, frame)})
+        segments = self.template.render(rendered, image=image, add_generation_prompt=add_generation_prompt)
+
+        expanded = self.config.image_token * self.config.num_image_tokens
+        input_ids: list[int] = []
+        labels: list[int] = []
+        for seg in segments:
+            ids = self.tokenizer(seg.text.replace(self.config.image_token, expanded), add_special_tokens=False)[
+                "input_ids"
+            ]
+            input_ids += ids
+            labels += ids if seg.target else [IGNORE_INDEX] * len(ids)
+        n_image = sum(1 for t in input_ids if t == self.image_token_id)
+        if n_image != (self.config.num_image_tokens if image else 0):
+            raise ValueError(
+                f"the prompt tokenised to {n_image} image tokens, expected "
+                f"{self.config.num_image_tokens if image else 0}; does the tokenizer keep "
+                f"{self.config.image_token!r} as one token?"
+            )
+        if self.config.max_length is not None and len(input_ids) > self.config.max_length:
+            raise ValueError(f"conversation is {len(input_ids)} tokens, above max_length {self.config.max_length}")
+        if not add_generation_prompt and all(t == IGNORE_INDEX for t in labels):
+            raise EmptyTargetError("the conversation has no assistant tokens to learn from")
+        return Encoded(input_ids, labels, frame)
+
+    def prompt(self, image: ImageInput | None, messages: Sequence, boxes: Sequence = ()) -> Encoded:
+        """Encode a conversation that ends with a user turn, ready for generation, with its image."""
+        pixel_values, frame = self.image(image) if image is not None else (None, None)
+        enc = self.encode(messages, boxes=boxes, frame=frame, image=image is not None, add_generation_prompt=True)
+        enc.pixel_values = pixel_values
+        return enc
+
+    def pad(self, batch: Sequence[Encoded], *, side: str = "left") -> dict[str, torch.Tensor]:
+        """Stack encoded conversations into tensors: `input_ids`, `attention_mask`, `labels`, `pixel_values`.
+
+        Left padding for generation (new tokens follow every prompt directly), right padding for training.
+        Samples without an image contribute no rows to `pixel_values`.
+        """
+        width = max(len(e.input_ids) for e in batch)
+        pad_id = self.tokenizer.pad_token_id
+        ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+        labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, e in enumerate(batch):
+            n = len(e.input_ids)
+            cols = slice(width - n, width) if side == "left" else slice(0, n)
+            ids[row, cols] = torch.tensor(e.input_ids)
+            labels[row, cols] = torch.tensor(e.labels)
+            mask[row, cols] = 1
+        out = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        pixels = [e.pixel_values for e in batch if e.pixel_values is not None]
+        if pixels:
+            out["pixel_values"] = torch.stack(pixels)  # [B_img, 3, S, S]
+        return out
+
+    # ---- answers ------------------------------------------------------------------------------------------
+    def decode(self, ids: Sequence[int]) -> str:
+        """Generated token ids → answer text, cut at the template's stop string."""
+        text = self.tokenizer.decode(list(ids), skip_special_tokens=True)
+        stop = self.template.stop.strip()
+        if stop and stop in text:
+            text = text[: text.index(stop)]
+        return text.strip()
+
+    def parse(self, text: str, frame: Frame | None) -> list[GroundedObject]:
+        """The grounded objects of an answer, with boxes also mapped back to original-image pixels."""
+        objects = self.codec.parse(text)
+        if frame is not None:
+            for obj in objects:
+                obj.box = tuple(frame.denormalize(obj.box_norm))
+        return objects
+
+    @property
+    def stop_token_id(self) -> int | None:
+        """The id of the template's stop string when it is a single token (else generation uses stop strings)."""
+        ids = self.tokenizer(self.template.stop, add_special_tokens=False)["input_ids"]
+        return ids[0] if len(ids) == 1 else None
+
+    # ---- persistence --------------------------------------------------------------------------------------
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Write the tokenizer files and `groundlm_processor.json` into `directory`."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.tokenizer.save_pretrained(directory)
+        (directory / PROCESSOR_FILE).write_text(json.dumps(asdict(self.config), indent=2) + "\n")
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> GroundLMProcessor:
+        """Load a processor saved by `save_pretrained` from a local directory."""
+        directory = Path(directory)
+        path = directory / PROCESSOR_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: is {directory} a groundlm model directory?")
+        try:
+            fields = json.loads(path.read_text())
+            config = ProcessorConfig(**fields)
+        except (json.JSONDecodeError, TypeError) as err:
+            raise ValueError(f"{path}: invalid processor config: {err}") from err
+        tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
+        return cls(tokenizer, config)
