@@ -1,0 +1,1 @@
+"""Data: task builders (`tasks`), the built-in synthetic ShapesWorld (`shapes`), and later the importers."""
