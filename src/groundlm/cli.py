@@ -76,6 +76,82 @@ def ask(
         typer.echo(f"  {obj.phrase or '-'}: {[round(v, 1) for v in obj.box]}")
 
 
+data_app = typer.Typer(no_args_is_help=True, help="Make, check and look at record files.")
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("shapes")
+def data_shapes(
+    out: Path = typer.Argument(..., help="Directory for images/ and records.jsonl."),
+    n: int = typer.Option(1000, "--n", help="Number of scenes."),
+    split: str = typer.Option("train", help="train, val or test (fixed seeds: identical on every machine)."),
+    image_size: int = typer.Option(64, help="Side of the square images in pixels."),
+) -> None:
+    """Write N ShapesWorld scenes of SPLIT (one record per task per scene) to OUT."""
+    from .data.shapes import SPLIT_SEEDS, ShapesConfig, write_shapes
+
+    if split not in SPLIT_SEEDS:
+        _fail(f"unknown split {split!r}; choose one of {sorted(SPLIT_SEEDS)}")
+    path = write_shapes(out, n, split, config=ShapesConfig(image_size=image_size))
+    typer.echo(f"wrote {path}")
+
+
+@data_app.command("check")
+def data_check(file: Path = typer.Argument(..., help="A records.jsonl file.")) -> None:
+    """Validate FILE: counts per task, and every invalid row as file:line: field: message."""
+    from collections import Counter
+
+    from .records import check_jsonl
+    from .templates import task_of
+
+    if not file.is_file():
+        _fail(f"{file} not found")
+    records, problems = check_jsonl(file)
+    tasks = Counter(
+        r.meta.get("task") or task_of(next((m.content for m in r.messages if m.role == "user"), "")) or "chat"
+        for r in records
+    )
+    typer.echo(f"{file}: {len(records)} valid records")
+    for task, count in sorted(tasks.items()):
+        typer.echo(f"  {task:<14} {count}")
+    if problems:
+        for p in problems:
+            typer.secho(str(p), fg=typer.colors.RED, err=True)
+        _fail(f"{len(problems)} problem(s) in {file}")
+
+
+@data_app.command("show")
+def data_show(
+    file: Path = typer.Argument(..., help="A records.jsonl file."),
+    index: int = typer.Option(0, "--index", help="Which record (0-based)."),
+    out: Path = typer.Option(Path("record.png"), "--out", help="PNG to write."),
+    image_root: Path = typer.Option(None, help="Folder the image paths are relative to (default: FILE's)."),
+) -> None:
+    """Draw record INDEX of FILE (its boxes, labels and masks) into a PNG, and print its conversation."""
+    from .images import ImageError, load_image
+    from .records import RecordValidationError, read_jsonl
+    from .visualize import Drawable, draw
+
+    try:
+        records = read_jsonl(file)
+    except (RecordValidationError, OSError) as err:
+        _fail(str(err))
+    if not 0 <= index < len(records):
+        _fail(f"--index {index} out of range: {file} has {len(records)} records")
+    record = records[index]
+    if record.image is None:
+        _fail(f"record {record.id!r} has no image")
+    try:
+        image = load_image((image_root or file.parent) / record.image)
+    except ImageError as err:
+        _fail(str(err))
+    items = [Drawable(o.box, f"{i}: {o.label}" if o.label else str(i), o.mask) for i, o in enumerate(record.objects)]
+    draw(image, items).save(out)
+    for m in record.messages:
+        typer.echo(f"{m.role}: {m.content}")
+    typer.echo(f"wrote {out}")
+
+
 def main() -> None:
     """Entry point for `python -m groundlm`."""
     app()

@@ -15,28 +15,21 @@ import torch
 from .location import TextLocationCodec
 from .modeling import GroundLMConfig, GroundLMForConditionalGeneration
 from .processor import GroundLMProcessor, ProcessorConfig
+from .data.shapes import vocabulary
 from .templates import TASKS, get_template
 from .tokenizer import build_word_tokenizer
 
-# The words small models know: what ShapesWorld and the task instructions talk about. Anything else maps to
-# <unk>; a real recipe uses the language model's own tokenizer instead.
-BASE_WORDS = """
-a an the this that these those it its is are was be there here what which who where how many much
-of in on at to from with without and or not no yes left right above below top bottom middle center
-near next beside between under over behind front inside outside largest smallest biggest big small large
-medium tiny huge one two three four five six seven eight nine ten zero object objects shape shapes
-circle circles square squares triangle triangles rectangle rectangles ellipse star stars cross crosses
-diamond diamonds red green blue yellow purple orange white black gray grey pink brown cyan colour color
-image picture photo please describe briefly give me location tell find where locate could you
-identify detect describe show region box boxes area part thing something can see i count number
-human assistant user system
-""".split() + list(".,?!:;'\"()-")
-
-# Instruction words the task builders use beyond the base vocabulary.
-INSTRUCTION_WORDS = """
-details detail detailed thorough summary summarize words short caption answer question respond based
-following present object present at this location its is can I the for
+# Words beyond ShapesWorld's vocabulary that small models should know: the template role words and a few
+# everyday words users type. Anything else maps to <unk>; a real recipe uses the language model's own tokenizer.
+EXTRA_WORDS = """
+human assistant user system the a an is are what where which how many there this that it of in on at to and
+or not no yes image picture photo please describe tell me show find give location object cup
 """.split()
+
+
+def default_words() -> list[str]:
+    """The word list of small models: everything ShapesWorld and the task builders emit, plus a few extras."""
+    return [*vocabulary(), *EXTRA_WORDS]
 
 
 @dataclass(frozen=True)
@@ -75,7 +68,7 @@ def build_processor(preset: Preset, num_image_tokens: int, words: list[str] | No
     template = get_template(preset.template)
     codec = TextLocationCodec(bins=preset.location_bins)
     tokenizer = build_word_tokenizer(
-        words if words is not None else BASE_WORDS + INSTRUCTION_WORDS,
+        words if words is not None else default_words(),
         tokens=codec.special_tokens() + [f"[{t}]" for t in TASKS],
         # the stop string too: plain's "\n" would otherwise vanish in whitespace splitting
         special_tokens=[*template.special_tokens, template.stop],

@@ -380,8 +380,8 @@ def iter_jsonl(path: PathLike) -> Iterator[Record]:
         yield Record.from_dict(d)
 
 
-def read_jsonl(path: PathLike, unique_ids: bool = True) -> list[Record]:
-    """Read and validate a JSONL record file; raise ``RecordValidationError`` listing every problem.
+def check_jsonl(path: PathLike, unique_ids: bool = True) -> tuple[list[Record], list[Problem]]:
+    """Read a JSONL record file and return its valid records and every problem found, without raising.
 
     Blank lines are skipped. With ``unique_ids`` a repeated id is a problem too, since evaluation keys
     predictions by id and a duplicate silently overwrites one of them.
@@ -404,6 +404,12 @@ def read_jsonl(path: PathLike, unique_ids: bool = True) -> list[Record]:
                 continue
             first_line[rid] = lineno
         records.append(Record.from_dict(d))
+    return records, problems
+
+
+def read_jsonl(path: PathLike, unique_ids: bool = True) -> list[Record]:
+    """Read and validate a JSONL record file; raise ``RecordValidationError`` listing every problem."""
+    records, problems = check_jsonl(path, unique_ids)
     if problems:
         raise RecordValidationError(problems, str(path))
     return records

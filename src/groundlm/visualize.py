@@ -83,6 +83,8 @@ def draw(image: Image.Image, items: Sequence[Drawable], *, min_side: int = 256) 
             pen.rectangle((x1, y1, x2, y2), outline=colour, width=line)
         if item.label:
             tx, ty = x1 + line, max(0.0, y1 - 11)
+            text_w = pen.textlength(item.label, font=font)
+            tx = max(0.0, min(tx, canvas.width - text_w - 1))  # keep labels near the right edge readable
             text_box = pen.textbbox((tx, ty), item.label, font=font)
             pen.rectangle(text_box, fill=(0, 0, 0))
             pen.text((tx, ty), item.label, fill=colour, font=font)
