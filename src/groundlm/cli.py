@@ -76,6 +76,44 @@ def ask(
         typer.echo(f"  {obj.phrase or '-'}: {[round(v, 1) for v in obj.box]}")
 
 
+@app.command("eval")
+def eval_cmd(
+    model: str = typer.Argument(None, help="Model directory (omit with --predictions)."),
+    benchmark: str = typer.Option("shapes", help="shapes (ShapesWorld test split, every task) or records."),
+    data: Path = typer.Option(None, help="records.jsonl for --benchmark records."),
+    images: Path = typer.Option(None, help="Image folder (default: the records file's folder)."),
+    out: Path = typer.Option(Path("runs/eval"), help="Output folder."),
+    limit: int = typer.Option(None, help="Evaluate only the first N records."),
+    scenes: int = typer.Option(100, help="ShapesWorld test scenes (one record per task each)."),
+    batch_size: int = typer.Option(16, help="Prompts per generation batch."),
+    max_new_tokens: int = typer.Option(48, help="Longest answer in tokens."),
+    resume: bool = typer.Option(False, help="Continue a partial run in OUT."),
+    convention: str = typer.Option("default", help="REC IoU convention: default (>= 0.5) or minigptv2."),
+    predictions: Path = typer.Option(None, help="Re-score this predictions.jsonl without a model."),
+) -> None:
+    """Evaluate MODEL on a benchmark (or re-score --predictions); writes predictions, metrics and a report."""
+    from .evaluate.report import metrics_table
+    from .evaluate.runner import EvalConfig, evaluate, rescore
+
+    try:
+        if predictions is not None:
+            metrics = rescore(predictions, out, image_root=images, convention=convention)
+        else:
+            if model is None:
+                _fail("give a MODEL directory, or --predictions FILE to re-score")
+            from .inference import load
+
+            config = EvalConfig(benchmark=benchmark, data=data, images=images, scenes=scenes, limit=limit,
+                                batch_size=batch_size, max_new_tokens=max_new_tokens, resume=resume,
+                                convention=convention)
+            metrics = evaluate(load(model), out, config)
+    except (FileNotFoundError, ValueError) as err:
+        _fail(str(err))
+        return
+    typer.echo(metrics_table(metrics))
+    typer.echo(f"wrote {out}/metrics.json and {out}/report.md")
+
+
 data_app = typer.Typer(no_args_is_help=True, help="Make, check and look at record files.")
 app.add_typer(data_app, name="data")
 

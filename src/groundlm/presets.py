@@ -12,10 +12,10 @@ from pathlib import Path
 
 import torch
 
+from .data.shapes import vocabulary
 from .location import TextLocationCodec
 from .modeling import GroundLMConfig, GroundLMForConditionalGeneration
 from .processor import GroundLMProcessor, ProcessorConfig
-from .data.shapes import vocabulary
 from .templates import TASKS, get_template
 from .tokenizer import build_word_tokenizer
 

@@ -1,0 +1,168 @@
+"""Running a model over a benchmark: batched generation → `predictions.jsonl` → metrics → report.
+
+A benchmark is a records file whose first user turn is the prompt and whose first assistant turn is the
+reference answer (`<box:i>` slots refer to the record's objects). `shapes` writes the fixed ShapesWorld test
+split and evaluates every task on it. Predictions are appended batch by batch, so an interrupted run loses
+at most one batch and `resume=True` continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from ..images import load_image
+from ..inference import GroundLM
+from ..records import Record, read_jsonl
+from ..templates import task_of
+from .rec import DEFAULT, MINIGPT_V2, IoUConvention
+from .report import write_report
+from .scoring import score_predictions
+
+BENCHMARKS = ("shapes", "records")
+
+
+@dataclass
+class EvalConfig:
+    """What to evaluate and how."""
+
+    benchmark: str = "shapes"
+    data: Path | None = None  # records.jsonl for `records`
+    images: Path | None = None  # image root (default: the records file's folder)
+    scenes: int = 100  # ShapesWorld test scenes (each gives one record per task)
+    limit: int | None = None
+    batch_size: int = 16
+    max_new_tokens: int = 48
+    resume: bool = False
+    convention: str = "default"  # "default" (IoU >= 0.5) | "minigptv2" (+1 pixel, IoU > 0.5)
+
+
+def iou_convention(name: str) -> IoUConvention:
+    """The REC convention called `name`: `default` (lmms-eval) or `minigptv2`."""
+    if name == "default":
+        return DEFAULT
+    if name == "minigptv2":
+        return MINIGPT_V2
+    raise ValueError(f"unknown IoU convention {name!r}; choose 'default' or 'minigptv2'")
+
+
+def benchmark_records(config: EvalConfig, out: Path) -> tuple[list[Record], Path]:
+    """The records of the benchmark and the folder their image paths are relative to."""
+    if config.benchmark == "shapes":
+        from ..data.shapes import write_shapes
+
+        path = out / "data" / "records.jsonl"
+        if not path.exists():
+            write_shapes(out / "data", config.scenes, "test", progress=False)
+        return read_jsonl(path), path.parent
+    if config.benchmark == "records":
+        if config.data is None:
+            raise ValueError("--data RECORDS.jsonl is required for the 'records' benchmark")
+        return read_jsonl(config.data), Path(config.images or Path(config.data).parent)
+    raise ValueError(f"unknown benchmark {config.benchmark!r}; choose one of {BENCHMARKS}")
+
+
+def _task(record: Record) -> str:
+    first_user = next((m.content for m in record.messages if m.role == "user"), "")
+    return record.meta.get("task") or task_of(first_user) or ("pope" if "label" in record.meta else "chat")
+
+
+def _prompt_and_reference(record: Record) -> tuple[str, str]:
+    user = next((m.content for m in record.messages if m.role == "user"), None)
+    if user is None:
+        raise ValueError(f"record {record.id!r} has no user turn to ask")
+    answer = next((m.content for m in record.messages if m.role == "assistant"), "")
+    return user, answer
+
+
+def predict(
+    lm: GroundLM, records: Sequence[Record], image_root: Path, path: Path, config: EvalConfig
+) -> list[dict]:
+    """Generate an answer per record in batches, appending rows to `path`; returns all rows."""
+    done: dict[str, dict] = {}
+    if config.resume and path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+                done[row["id"]] = row
+            except (json.JSONDecodeError, KeyError):
+                continue  # a line cut by a crash mid-write: predict that record again
+        # rewrite without the cut line, so appending continues a clean file
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(row) + "\n" for row in done.values()))
+        os.replace(tmp, path)
+    elif path.exists():
+        path.unlink()
+    todo = [r for r in records if r.id not in done]
+    frame_mode = lm.processor.config.frame
+    with open(path, "a") as f, tqdm(total=len(records), initial=len(records) - len(todo), desc="eval",
+                                     unit="sample") as bar:
+        for start in range(0, len(todo), config.batch_size):
+            batch = todo[start : start + config.batch_size]
+            images = [load_image(image_root / r.image) if r.image else None for r in batch]
+            prompts = [_prompt_and_reference(r)[0] for r in batch]
+            boxes = [[o.box for o in r.objects] for r in batch]
+            answers = lm.ask_many(images, prompts, boxes=boxes, max_new_tokens=config.max_new_tokens,
+                                  batch_size=config.batch_size)
+            for record, image, prompt, answer in zip(batch, images, prompts, answers, strict=True):
+                row = {
+                    "id": record.id, "task": _task(record), "image": record.image,
+                    "width": image.width if image else None, "height": image.height if image else None,
+                    "frame": frame_mode, "prompt": prompt, "reference": _prompt_and_reference(record)[1],
+                    "objects": [{"box": list(o.box), "label": o.label} for o in record.objects],
+                    "meta": record.meta, "prediction": answer.text, "prediction_text": answer.plain_text,
+                    "prediction_objects": [o.to_dict() for o in answer.objects],
+                }
+                done[record.id] = row
+                f.write(json.dumps(row) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+            bar.update(len(batch))
+    return [done[r.id] for r in records if r.id in done]
+
+
+def evaluate(lm: GroundLM, out: str | Path, config: EvalConfig) -> dict:
+    """Run the benchmark, write `predictions.jsonl`, `metrics.json`, `report.md` and example pictures."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    records, image_root = benchmark_records(config, out)
+    if config.limit is not None:
+        records = records[: config.limit]
+    predict(lm, records, image_root, out / "predictions.jsonl", config)
+    return rescore(out / "predictions.jsonl", out, image_root=image_root, convention=config.convention)
+
+
+def read_predictions(path: str | Path) -> list[dict]:
+    """Prediction rows of a `predictions.jsonl`, with an error naming the line of a broken row."""
+    rows = []
+    for n, line in enumerate(Path(path).read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}:{n}: invalid JSON ({err.msg})") from err
+    return rows
+
+
+def rescore(
+    predictions: str | Path, out: str | Path, *, image_root: Path | None = None, convention: str = "default"
+) -> dict:
+    """Score an existing predictions file (no model needed) and write `metrics.json` and `report.md`."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = read_predictions(predictions)
+    if not rows:
+        raise ValueError(f"{predictions} holds no predictions")
+    metrics = score_predictions(rows, convention=iou_convention(convention))
+    metrics_path = out / "metrics.json"
+    tmp = metrics_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(metrics, indent=2) + "\n")
+    os.replace(tmp, metrics_path)
+    write_report(rows, metrics, out, image_root=image_root)
+    return metrics

@@ -1,0 +1,99 @@
+"""The evaluation runner: end to end on a tiny model, oracle scoring, re-scoring and resume."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+import groundlm
+from groundlm.cli import app
+from groundlm.data.shapes import scene_at, scene_records
+from groundlm.evaluate.runner import EvalConfig, evaluate, read_predictions, rescore
+from groundlm.evaluate.scoring import score_predictions
+from groundlm.geometry import Frame
+from groundlm.location import TextLocationCodec
+
+runner = CliRunner()
+
+
+def _oracle_rows(n_scenes=6):
+    """Prediction rows whose answers are the references written by the text codec: a perfect model."""
+    codec = TextLocationCodec()
+    rows = []
+    for i in range(n_scenes):
+        scene = scene_at("test", i)
+        frame = Frame(scene.image.width, scene.image.height, "resize")
+        for r in scene_records(scene, "test", i):
+            reference = r.messages[1].content
+            text = codec.render(reference, [frame.normalize(o.box) for o in r.objects])
+            objects = codec.parse(text)
+            for o in objects:
+                o.box = frame.denormalize(o.box_norm)
+            rows.append({
+                "id": r.id, "task": r.meta["task"], "image": r.image, "width": 64, "height": 64,
+                "frame": "resize", "prompt": r.messages[0].content, "reference": reference,
+                "objects": [{"box": list(o.box), "label": o.label} for o in r.objects], "meta": r.meta,
+                "prediction": text, "prediction_text": codec.strip(text),
+                "prediction_objects": [o.to_dict() for o in objects],
+            })
+    return rows
+
+
+def test_a_perfect_model_scores_one_on_every_task():
+    metrics = score_predictions(_oracle_rows(), captions=False)
+    assert {t for t in metrics} >= {"refer", "vqa", "identify", "grounding", "detection", "caption"}
+    for task, m in metrics.items():
+        assert m["score"] == pytest.approx(1.0), (task, m)
+
+
+def test_wrong_answers_score_what_a_hand_count_says():
+    rows = _oracle_rows(4)
+    refer = [r for r in rows if r["task"] == "refer"]
+    refer[0]["prediction_objects"] = []  # unparsable → a miss, still counted
+    shifted = refer[1]["prediction_objects"][0]
+    x1, y1, x2, y2 = shifted["box"]
+    shifted["box"] = [x1 + (x2 - x1) / 2, y1, x2 + (x2 - x1) / 2, y2]  # IoU 1/3 → miss
+    m = score_predictions(refer, captions=False)["refer"]
+    assert (m["hits"], m["total"], m["unparsed"]) == (len(refer) - 2, len(refer), 1)
+
+
+def test_end_to_end_on_a_tiny_model_and_rescore_identically(tiny_dir, tmp_path):
+    lm = groundlm.load(tiny_dir)
+    out = tmp_path / "run"
+    metrics = evaluate(lm, out, EvalConfig(scenes=3, batch_size=8, max_new_tokens=12))
+    for name in ("predictions.jsonl", "metrics.json", "report.md"):
+        assert (out / name).is_file()
+    assert list((out / "examples").glob("*.png"))
+    rows = read_predictions(out / "predictions.jsonl")
+    assert len(rows) == metrics["overall"]["total"] == 3 * 8
+    again = rescore(out / "predictions.jsonl", tmp_path / "re")
+    assert again == json.loads((out / "metrics.json").read_text())
+    assert "| refer | Acc@0.5 |" in (out / "report.md").read_text()
+
+
+def test_resume_predicts_only_what_is_missing(tiny_dir, tmp_path):
+    lm = groundlm.load(tiny_dir)
+    out = tmp_path / "run"
+    evaluate(lm, out, EvalConfig(scenes=2, limit=8, max_new_tokens=6))
+    lines = (out / "predictions.jsonl").read_text().splitlines()
+    # a crash after 5 rows, the last one cut mid-write
+    (out / "predictions.jsonl").write_text("\n".join(lines[:5]) + "\n" + lines[5][:20])
+    calls = []
+    original = lm.ask_many
+    lm.ask_many = lambda *a, **k: calls.append(len(a[1])) or original(*a, **k)
+    evaluate(lm, out, EvalConfig(scenes=2, limit=8, max_new_tokens=6, resume=True))
+    assert sum(calls) == 3
+    rows = read_predictions(out / "predictions.jsonl")
+    assert sorted(r["id"] for r in rows) == sorted(json.loads(line)["id"] for line in lines)
+
+
+def test_cli_eval_and_rescore(tiny_dir, tmp_path):
+    out = tmp_path / "cli"
+    result = runner.invoke(app, ["eval", str(tiny_dir), "--scenes", "1", "--out", str(out), "--max-new-tokens", "4"])
+    assert result.exit_code == 0, result.output
+    assert "| refer |" in result.output
+    re = runner.invoke(app, ["eval", "--predictions", str(out / "predictions.jsonl"), "--out", str(tmp_path / "r")])
+    assert re.exit_code == 0, re.output
+    assert json.loads((tmp_path / "r" / "metrics.json").read_text()) == json.loads((out / "metrics.json").read_text())
+    bad = runner.invoke(app, ["eval"])
+    assert bad.exit_code == 1 and "MODEL" in bad.output
