@@ -12,30 +12,13 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from .masks import decode_mask
+
 # Distinct, saturated colours that stay visible on photos and on ShapesWorld's flat backgrounds.
 PALETTE = [
     (230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180),
     (70, 240, 240), (240, 50, 230), (210, 245, 60), (0, 128, 128), (170, 110, 40),
 ]
-
-
-def decode_mask(mask: dict | list, height: int, width: int) -> np.ndarray:
-    """A record's mask (COCO RLE or polygons) as a bool array [height, width]."""
-    from pycocotools import mask as mask_utils
-
-    if isinstance(mask, dict):
-        rle = mask
-        if isinstance(rle.get("counts"), list):  # uncompressed RLE → compressed, as pycocotools wants
-            rle = mask_utils.frPyObjects(rle, *rle["size"])
-        elif isinstance(rle.get("counts"), str):
-            rle = {"size": rle["size"], "counts": rle["counts"].encode()}
-        decoded = mask_utils.decode(rle)
-    elif isinstance(mask, list):
-        rles = mask_utils.frPyObjects([list(map(float, p)) for p in mask], height, width)
-        decoded = mask_utils.decode(mask_utils.merge(rles))
-    else:
-        raise ValueError(f"mask must be COCO RLE (dict) or polygons (list), got {type(mask).__name__}")
-    return decoded.astype(bool)
 
 
 @dataclass

@@ -37,6 +37,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
+from ..masks import rle_encode
 from ..records import GroundTruthObject, Message, Record, write_jsonl
 from . import tasks as T
 
@@ -146,31 +147,6 @@ class Scene:
     objects: tuple[ShapeObject, ...]
 
 
-# --------------------------------------------------------------------------------------------------------
-# Masks as COCO RLE
-
-
-def rle_encode(mask: np.ndarray) -> dict:
-    """Encode a ``[H, W]`` bool mask as uncompressed COCO RLE: column-major runs starting with zeros."""
-    mask = np.asarray(mask, dtype=bool)
-    h, w = mask.shape
-    flat = mask.flatten(order="F").astype(np.int8)
-    changes = np.flatnonzero(np.diff(flat)) + 1
-    bounds = np.concatenate(([0], changes, [flat.size]))
-    counts = np.diff(bounds).tolist()
-    if flat.size and flat[0]:
-        counts = [0, *counts]  # COCO runs always start with a (possibly empty) run of zeros
-    return {"size": [int(h), int(w)], "counts": [int(c) for c in counts]}
-
-
-def rle_decode(rle: dict) -> np.ndarray:
-    """Decode uncompressed COCO RLE (``{"size": [h, w], "counts": [...]}``) to a ``[H, W]`` bool mask."""
-    h, w = rle["size"]
-    counts = rle["counts"]
-    if sum(counts) != h * w:
-        raise ValueError(f"RLE counts sum to {sum(counts)}, expected {h * w} for size {[h, w]}")
-    values = np.arange(len(counts)) % 2 == 1
-    return np.repeat(values, counts).reshape((h, w), order="F")
 
 
 # --------------------------------------------------------------------------------------------------------

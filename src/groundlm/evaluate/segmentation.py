@@ -12,12 +12,13 @@ value is foreground, because the refer toolkit sums overlapping polygons into va
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from ..masks import decode_mask  # noqa: F401  (re-exported: segmentation callers decode COCO masks)
 
 PREC_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
 
@@ -98,38 +99,3 @@ def segmentation_scores(
     )
 
 
-def decode_mask(segmentation: Any, height: int, width: int) -> np.ndarray:
-    """A COCO segmentation as a ``[height, width]`` bool mask (needs pycocotools).
-
-    Accepts polygons (a list of flat ``[x1, y1, x2, y2, …]`` lists, or one flat list as lmms-eval stores
-    it), uncompressed RLE (``{"counts": [ints], "size": [h, w]}``) and compressed RLE (``counts`` a string
-    or bytes). Several polygons are united, as the refer toolkit's summed mask is after binarising.
-    """
-    try:
-        from pycocotools import mask as mask_utils
-    except ImportError as exc:  # optional dependency: only callers decoding COCO masks need it
-        raise ImportError("decode_mask needs pycocotools (pip install pycocotools)") from exc
-
-    # pycocotools 2.0.x trips a numpy 2 DeprecationWarning inside its own decode; it is not ours to fix.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        if isinstance(segmentation, Mapping):
-            counts = segmentation["counts"]
-            if isinstance(counts, list):
-                rle = mask_utils.frPyObjects(dict(segmentation), height, width)
-            else:
-                rle = dict(segmentation)
-                if isinstance(counts, str):
-                    rle["counts"] = counts.encode("ascii")
-            decoded = mask_utils.decode(rle)
-        else:
-            polygons = list(segmentation)
-            if polygons and not isinstance(polygons[0], list | tuple | np.ndarray):
-                polygons = [polygons]  # one flat polygon
-            if not polygons:
-                return np.zeros((height, width), dtype=bool)
-            rles = mask_utils.frPyObjects([[float(v) for v in p] for p in polygons], height, width)
-            decoded = mask_utils.decode(mask_utils.merge(rles))
-    if decoded.ndim == 3:
-        decoded = decoded.any(axis=2)
-    return decoded.astype(bool)
