@@ -97,3 +97,29 @@ def test_cli_eval_and_rescore(tiny_dir, tmp_path):
     assert json.loads((tmp_path / "r" / "metrics.json").read_text()) == json.loads((out / "metrics.json").read_text())
     bad = runner.invoke(app, ["eval"])
     assert bad.exit_code == 1 and "MODEL" in bad.output
+
+
+def test_real_formats_run_through_their_importers(tiny_dir, tmp_path):
+    from PIL import Image
+
+    lm = groundlm.load(tiny_dir)
+    Image.new("RGB", (64, 48), (9, 9, 9)).save(tmp_path / "COCO_train2014_000000000042.jpg")
+    rows = [{"img_id": "COCO_train2014_000000000042_1", "sents": "the left cat", "bbox": [1, 2, 30, 20],
+             "height": 48, "width": 64},
+            {"img_id": "COCO_train2014_000000000042_2", "sents": "the right cat", "bbox": [33, 2, 30, 20],
+             "height": 48, "width": 64}]
+    (tmp_path / "refcoco_testA.json").write_text(json.dumps(rows))
+    pope = [{"question_id": 1, "image": "COCO_train2014_000000000042.jpg", "text": "Is there a cat?",
+             "label": "yes"}, {"question_id": 2, "image": "COCO_train2014_000000000042.jpg",
+                               "text": "Is there a dog?", "label": "no"}]
+    (tmp_path / "pope.json").write_text("\n".join(json.dumps(p) for p in pope))
+    ref = evaluate(lm, tmp_path / "r", EvalConfig(benchmark="refcoco", data=tmp_path / "refcoco_testA.json",
+                                                  max_new_tokens=6))
+    assert ref["refer"]["total"] == 2
+    pop = evaluate(lm, tmp_path / "p", EvalConfig(benchmark="pope", data=tmp_path / "pope.json",
+                                                  max_new_tokens=4))
+    counts = pop["pope"]
+    assert counts["tp"] + counts["fp"] + counts["tn"] + counts["fn"] == 2
+    assert counts["tp"] + counts["fn"] == 1  # one question is labelled yes
+    with pytest.raises(ValueError, match="--data is required"):
+        evaluate(lm, tmp_path / "x", EvalConfig(benchmark="pope"))

@@ -79,7 +79,9 @@ def ask(
 @app.command("eval")
 def eval_cmd(
     model: str = typer.Argument(None, help="Model directory (omit with --predictions)."),
-    benchmark: str = typer.Option("shapes", help="shapes (ShapesWorld test split, every task) or records."),
+    benchmark: str = typer.Option(
+        "shapes", help="shapes (ShapesWorld test split), refcoco, pope, coco_captions or records (with --data)."
+    ),
     data: Path = typer.Option(None, help="records.jsonl for --benchmark records."),
     images: Path = typer.Option(None, help="Image folder (default: the records file's folder)."),
     out: Path = typer.Option(Path("runs/eval"), help="Output folder."),

@@ -1,1 +1,1 @@
-"""Data: task builders (`tasks`), the built-in synthetic ShapesWorld (`shapes`), and later the importers."""
+"""Data: task builders (`tasks`), ShapesWorld (`shapes`), importers of real formats (`importers`), datasets and mixtures."""

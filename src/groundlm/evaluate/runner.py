@@ -24,7 +24,10 @@ from .rec import DEFAULT, MINIGPT_V2, IoUConvention
 from .report import write_report
 from .scoring import score_predictions
 
-BENCHMARKS = ("shapes", "records")
+# shapes: the fixed ShapesWorld test split, every task. The others read a source file with an importer:
+# refcoco (MiniGPT-v2's RefCOCO/+/g JSON), pope (POPE question file), coco_captions (captions_*.json),
+# records (any records.jsonl whose records carry a task).
+BENCHMARKS = ("shapes", "refcoco", "pope", "coco_captions", "records")
 
 
 @dataclass
@@ -60,10 +63,21 @@ def benchmark_records(config: EvalConfig, out: Path) -> tuple[list[Record], Path
         if not path.exists():
             write_shapes(out / "data", config.scenes, "test", progress=False)
         return read_jsonl(path), path.parent
+    if config.benchmark not in BENCHMARKS:
+        raise ValueError(f"unknown benchmark {config.benchmark!r}; choose one of {BENCHMARKS}")
+    if config.data is None:
+        raise ValueError(f"--data is required for the {config.benchmark!r} benchmark")
+    from ..data import importers
+
+    image_root = Path(config.images or Path(config.data).parent)
+    if config.benchmark == "refcoco":
+        return importers.from_minigptv2_refcoco(config.data), image_root
+    if config.benchmark == "pope":
+        return importers.from_pope(config.data), image_root
+    if config.benchmark == "coco_captions":
+        return importers.from_coco_captions(config.data), image_root
     if config.benchmark == "records":
-        if config.data is None:
-            raise ValueError("--data RECORDS.jsonl is required for the 'records' benchmark")
-        return read_jsonl(config.data), Path(config.images or Path(config.data).parent)
+        return read_jsonl(config.data), image_root
     raise ValueError(f"unknown benchmark {config.benchmark!r}; choose one of {BENCHMARKS}")
 
 
