@@ -1,0 +1,24 @@
+"""Training: recipes of stages, one explicit loop on accelerate, exact resume.
+
+    from groundlm.train import load_recipe, train
+    train(load_recipe("shapes"), "runs/shapes")
+
+Files: `recipe.py` (YAML -> typed recipe), `build.py` (the starting model), `params.py` (what trains, LoRA),
+`sources.py` (data of a stage), `loop.py` (the loop), `control.py` (hooks, stop requests, run state), `checkpoint.py` (atomic, pickle-free checkpoints),
+`monitor.py` (progress bar, metrics log), `plots.py` (loss curves), `recipes/*.yaml` (shipped recipes).
+"""
+
+from .loop import TrainHooks, TrainingStopped, train
+from .recipe import Recipe, RecipeError, dry_run, load_recipe, override_steps, shipped_recipes
+
+__all__ = [
+    "Recipe",
+    "RecipeError",
+    "TrainHooks",
+    "TrainingStopped",
+    "dry_run",
+    "load_recipe",
+    "override_steps",
+    "shipped_recipes",
+    "train",
+]

@@ -1,0 +1,163 @@
+"""What trains in a stage: freezing, LoRA adapters (peft), parameter groups, and stable parameter names.
+
+peft renames what it wraps (`language_model.base_model.model.…q_proj.base_layer.weight`). Checkpoints and
+module paths use *canonical* names with those wrapper parts removed, so a name means the same weight whether
+or not an adapter is attached, and a checkpoint written with adapters loads into a model rebuilt with them.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from torch import nn
+
+from ..modeling import GroundLMForConditionalGeneration
+from .recipe import LoraSpec, RecipeError, StageSpec
+
+TOP_LEVEL = ("vision_tower", "connector", "language_model")
+
+
+def canonical_name(name: str) -> str:
+    """A parameter name without peft's wrapper parts (`base_model.model.`, `.base_layer`)."""
+    return name.replace("base_model.model.", "").replace(".base_layer", "")
+
+
+def named_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """The model's parameters by canonical name."""
+    return {canonical_name(n): p for n, p in model.named_parameters()}
+
+
+def is_lora(name: str) -> bool:
+    """Whether a parameter belongs to a LoRA adapter."""
+    return ".lora_A." in name or ".lora_B." in name
+
+
+def lora_config(spec: LoraSpec) -> LoraConfig:
+    """The peft config of a LoRA spec (bias untouched, as MiniGPT-v2 and LLaVA)."""
+    return LoraConfig(
+        r=spec.r,
+        lora_alpha=spec.alpha,
+        lora_dropout=spec.dropout,
+        target_modules=list(spec.target_modules),
+        bias="none",
+    )
+
+
+def merge_lora(model: GroundLMForConditionalGeneration) -> list[str]:
+    """Fold the language model's adapters into its weights and drop them; returns the changed weights' names."""
+    lm = model.language_model
+    if not isinstance(lm, PeftModel):
+        return []
+    changed = [canonical_name(f"language_model.{n}") for n, _ in lm.named_parameters() if ".base_layer." in n]
+    model.language_model = lm.merge_and_unload()
+    return changed
+
+
+def _shape(spec: LoraSpec | None) -> tuple | None:
+    return None if spec is None else (spec.r, spec.alpha, spec.dropout, tuple(spec.target_modules))
+
+
+def set_lora(
+    model: GroundLMForConditionalGeneration, current: LoraSpec | None, wanted: LoraSpec | None
+) -> list[str]:
+    """Make the model carry the adapters of `wanted`, given that it carries those of `current`.
+
+    Same shape (r, alpha, dropout, targets; the learning rate may differ): the adapters stay and keep
+    training. Otherwise the current adapters are merged into the weights (so what they learned is kept) and
+    fresh ones are attached. Returns the names of weights a merge changed.
+    """
+    if _shape(current) == _shape(wanted):
+        return []
+    changed = merge_lora(model)
+    if wanted is not None:
+        with warnings.catch_warnings():
+            # peft reads transformers' deprecated `is_gradient_checkpointing`; nothing for a user to act on.
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            model.language_model = get_peft_model(model.language_model, lora_config(wanted))
+    return changed
+
+
+def _module_of(name: str, paths: Iterable[str]) -> str | None:
+    """The longest module path in `paths` that contains the parameter `name`."""
+    best = None
+    for path in paths:
+        if (name == path or name.startswith(path + ".")) and (best is None or len(path) > len(best)):
+            best = path
+    return best
+
+
+def configure_trainable(model: GroundLMForConditionalGeneration, stage: StageSpec, where: str) -> list[dict]:
+    """Freeze everything but the stage's modules and adapters; return AdamW parameter groups.
+
+    Each trained module gets two groups at its learning rate: weights with >= 2 dims decay, biases and norm
+    scales do not (MiniGPT-4's and LLaVA's rule). LoRA adapters form their own groups at `lora.lr`.
+    """
+    params = named_parameters(model)
+    for p in params.values():
+        p.requires_grad_(False)
+    groups: dict[tuple[str, bool], list] = {}
+    for path in stage.train:
+        matched = [n for n in params if not is_lora(n) and _module_of(n, [path]) == path]
+        if not matched:
+            raise RecipeError(
+                f"{where}.train.{path}: matches no parameter of the model (modules are paths such as "
+                f"{', '.join(TOP_LEVEL)} or connector.linear)"
+            )
+    for name, p in params.items():
+        if is_lora(name):
+            key = ("lora", False)
+        else:
+            path = _module_of(name, stage.train)
+            if path is None:
+                continue
+            key = (path, p.ndim >= 2)
+        p.requires_grad_(True)
+        groups.setdefault(key, []).append((name, p))
+    out = []
+    for (path, decay), members in groups.items():
+        lr = stage.lora.lr if path == "lora" else stage.train[path]
+        out.append(
+            {
+                "params": [p for _, p in members],
+                "names": [n for n, _ in members],
+                "lr": lr,
+                "weight_decay": stage.weight_decay if decay else 0.0,
+                "module": path,
+            }
+        )
+    # A fixed order: the optimizer's state is saved by position, so a resumed run must rebuild the same groups.
+    out.sort(key=lambda g: (g["module"], g["weight_decay"] == 0.0))
+    return out
+
+
+def set_train_modes(model: GroundLMForConditionalGeneration) -> None:
+    """Training mode for modules that learn; a top-level module with nothing to learn runs as at inference."""
+    model.train()
+    for name in TOP_LEVEL:
+        module = getattr(model, name)
+        if not any(p.requires_grad for p in module.parameters()):
+            module.eval()
+
+
+def trained_state(model: nn.Module, names: Iterable[str]) -> dict[str, torch.Tensor]:
+    """CPU copies of the parameters called `names` (canonical), for a checkpoint."""
+    params = named_parameters(model)
+    return {n: params[n].detach().to("cpu").contiguous().clone() for n in sorted(names) if n in params}
+
+
+def load_trained_state(model: nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
+    """Copy checkpointed parameters into the model; names the checkpoint and the unknown parameter."""
+    params = named_parameters(model)
+    unknown = sorted(set(state) - set(params))
+    if unknown:
+        raise ValueError(f"{where}: holds parameters this model does not have, e.g. {unknown[:3]}")
+    with torch.no_grad():
+        for name, tensor in state.items():
+            if params[name].shape != tensor.shape:
+                raise ValueError(
+                    f"{where}: {name} has shape {tuple(tensor.shape)}, the model {tuple(params[name].shape)}"
+                )
+            params[name].copy_(tensor)

@@ -1,0 +1,439 @@
+"""Training recipes: typed dataclasses, loaded from YAML with errors that name the file and the field.
+
+A recipe is a model spec, a seed and a list of stages. Every stage says which modules train and at what
+learning rate, the data mixture, the schedule and the numerics. `stage_defaults` in the YAML are merged under
+every stage, so a three-stage recipe states shared settings once. `resolve()` fills every default (warmup from
+`warmup_ratio`, `grad_accum` from `global_batch`), and the resolved recipe is what is saved beside every
+checkpoint and compared on `--resume`.
+
+    name: shapes
+    seed: 0
+    model: {preset: tiny}
+    stages:
+      - name: sft
+        train: {vision_tower: 1.0e-3, connector: 1.0e-3, language_model: 1.0e-3}
+        data:
+          - {name: shapes, ratio: 1, shapes: {split: train, tasks: [caption, vqa, refer]}}
+        steps: 300
+        batch_size: 16
+
+Paths in `records`/`image_root` and local model paths are taken relative to the working directory, after
+expanding `~` and environment variables (`$DATA/coco.jsonl`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..data.shapes import SHAPES_TASKS, ShapesConfig
+from ..modeling.config import CONNECTORS, FRAMES
+from ..templates import TEMPLATES
+
+# Stage objectives the loop knows; `loop.run_stage` dispatches on this with a plain if.
+OBJECTIVES = ("lm",)
+PRECISIONS = ("fp32", "bf16")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot be used; the message names the file and the field."""
+
+
+@dataclass
+class ModelSpec:
+    """The model to train: a preset built from scratch, or pretrained parts (local paths or hub ids)."""
+
+    preset: str | None = None  # "tiny" or "small": random weights from a config (presets.py)
+    vision_tower: str | None = None  # pretrained: a CLIP / SigLIP / ViT checkpoint
+    language_model: str | None = None  # pretrained: a causal LM checkpoint with its tokenizer
+    connector: str | None = None  # None: the preset's (pretrained parts: mlp2x_gelu)
+    template: str | None = None  # the template the finished model is used with (None: preset's / llama2)
+    frame: str | None = None  # resize | pad (None: preset's / resize)
+    vision_feature_layer: int = -2  # pretrained parts only; presets use their own config
+    dtype: str = "float32"  # dtype the pretrained parts are loaded in
+
+
+@dataclass
+class LoraSpec:
+    """LoRA adapters (peft) on the language model."""
+
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    lr: float = 1e-4
+
+
+@dataclass
+class ShapesSpec:
+    """A ShapesWorld source generated on the fly: sample i is scene i // len(tasks), task i % len(tasks)."""
+
+    split: str = "train"
+    tasks: list[str] = field(default_factory=lambda: list(SHAPES_TASKS))
+    scenes: int = 100_000
+    eval_prompts: bool | None = None  # None: fixed prompts on val/test, pooled wording on train
+    config: dict[str, Any] = field(default_factory=dict)  # ShapesConfig fields, e.g. {image_size: 64}
+
+
+@dataclass
+class SourceSpec:
+    """One data source of a stage's mixture and its sampling ratio."""
+
+    name: str = ""
+    ratio: float = 1.0
+    shapes: ShapesSpec | None = None
+    records: str | None = None  # a records JSONL file
+    image_root: str | None = None  # folder the records' image paths are relative to (default: the file's)
+    on_error: str = "skip"  # a bad record: skip and count, or raise
+
+
+@dataclass
+class StageSpec:
+    """One training stage."""
+
+    name: str
+    data: list[SourceSpec]
+    train: dict[str, float] = field(default_factory=dict)  # module path -> learning rate
+    objective: str = "lm"
+    template: str | None = None  # this stage's chat template (None: the model's), e.g. plain for alignment
+    lora: LoraSpec | None = None
+    steps: int = 100  # optimizer steps
+    batch_size: int = 8  # per process and micro-step
+    grad_accum: int = 1
+    global_batch: int | None = None  # if set, grad_accum = global_batch / (batch_size x processes)
+    warmup_steps: int | None = None
+    warmup_ratio: float = 0.0  # used when warmup_steps is not given
+    min_lr_ratio: float = 0.0  # the cosine ends at lr x min_lr_ratio
+    weight_decay: float = 0.0  # on weights with >= 2 dims only (biases and norms never decay)
+    max_grad_norm: float | None = 1.0
+    precision: str = "fp32"
+    gradient_checkpointing: bool = False
+    save_every: int = 0  # optimizer steps between checkpoints (0: only at the end of the stage)
+    max_nonfinite: int = 5  # this many non-finite losses in a row stop the run
+
+
+@dataclass
+class Recipe:
+    """A model, a seed and the stages that train it."""
+
+    name: str
+    model: ModelSpec
+    stages: list[StageSpec]
+    seed: int = 0
+    description: str = ""
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Building dataclasses from plain data, with errors that name the field
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
+
+
+def _at(where: str, name: str) -> str:
+    """The path of field `name` inside `where` (`stages[0]` + `train` -> `stages[0].train`)."""
+    return f"{where}.{name}" if where else name
+
+
+def _convert(value: Any, tp: Any, where: str) -> Any:
+    """`value` checked against (and converted to) the annotation `tp`; RecipeError names `where`."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, where)
+            except RecipeError as err:
+                errors.append(str(err))
+        raise RecipeError(
+            errors[0] if len(errors) == 1 else f"{where}: {value!r} fits none of {_type_name(tp)}"
+        )
+    if dataclasses.is_dataclass(tp):
+        return build(tp, value, where)
+    if origin is list:
+        if not isinstance(value, list):
+            raise RecipeError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
+        (item,) = typing.get_args(tp)
+        return [_convert(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise RecipeError(f"{where}: expected a mapping, got {type(value).__name__} {value!r}")
+        key_tp, value_tp = typing.get_args(tp)
+        return {str(k): _convert(v, value_tp, _at(where, str(k))) for k, v in value.items()}
+    if tp is Any:
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise RecipeError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise RecipeError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        # YAML reads `1e-4` (no dot) as a string; accept it as the number it plainly is.
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise RecipeError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise RecipeError(f"{where}: expected a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported annotation {tp!r} at {where}")  # a bug in this module, not in the recipe
+
+
+def build(cls: type, data: Any, where: str) -> Any:
+    """Build dataclass `cls` from a mapping, rejecting unknown and missing fields by name."""
+    if not isinstance(data, dict):
+        raise RecipeError(f"{where or 'recipe'}: expected a mapping, got {type(data).__name__} {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise RecipeError(f"{where or 'recipe'}: unknown field(s) {unknown}; known: {sorted(fields)}")
+    kwargs = {}
+    for name, f in fields.items():
+        if name in data:
+            kwargs[name] = _convert(data[name], hints[name], _at(where, name))
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise RecipeError(f"{_at(where, name)}: required field is missing")
+    return cls(**kwargs)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Checks and defaults
+
+
+def _check_model(m: ModelSpec, where: str) -> None:
+    pretrained = m.vision_tower is not None or m.language_model is not None
+    if m.preset is not None and pretrained:
+        raise RecipeError(f"{where}: give either preset or vision_tower + language_model, not both")
+    if m.preset is None and not (m.vision_tower and m.language_model):
+        raise RecipeError(f"{where}: give preset (tiny, small) or both vision_tower and language_model")
+    if m.preset is not None:
+        from ..presets import PRESETS
+
+        if m.preset not in PRESETS:
+            raise RecipeError(f"{where}.preset: unknown preset {m.preset!r}; choose one of {sorted(PRESETS)}")
+    for name, allowed in (
+        ("connector", CONNECTORS),
+        ("template", TEMPLATES),
+        ("frame", FRAMES),
+        ("dtype", DTYPES),
+    ):
+        value = getattr(m, name)
+        if value is not None and value not in allowed:
+            raise RecipeError(f"{where}.{name}: {value!r} is not one of {sorted(allowed)}")
+
+
+def _check_source(s: SourceSpec, where: str) -> None:
+    if (s.shapes is None) == (s.records is None):
+        raise RecipeError(f"{where}: give exactly one of shapes: {{...}} or records: <path>")
+    if not s.ratio > 0:
+        raise RecipeError(f"{where}.ratio: must be > 0, got {s.ratio}")
+    if s.on_error not in ("skip", "raise"):
+        raise RecipeError(f"{where}.on_error: must be skip or raise, got {s.on_error!r}")
+    if s.shapes is not None:
+        bad = [t for t in s.shapes.tasks if t not in SHAPES_TASKS]
+        if bad or not s.shapes.tasks:
+            raise RecipeError(f"{where}.shapes.tasks: unknown {bad}; choose from {list(SHAPES_TASKS)}")
+        if s.shapes.scenes < 1:
+            raise RecipeError(f"{where}.shapes.scenes: must be >= 1")
+        try:
+            shapes_config(s.shapes)
+        except (TypeError, ValueError) as err:
+            raise RecipeError(f"{where}.shapes.config: {err}") from err
+
+
+def _check_stage(s: StageSpec, where: str) -> None:
+    if s.objective not in OBJECTIVES:
+        raise RecipeError(f"{where}.objective: {s.objective!r} is not one of {list(OBJECTIVES)}")
+    if s.precision not in PRECISIONS:
+        raise RecipeError(f"{where}.precision: {s.precision!r} is not one of {list(PRECISIONS)}")
+    if s.template is not None and s.template not in TEMPLATES:
+        raise RecipeError(f"{where}.template: {s.template!r} is not one of {sorted(TEMPLATES)}")
+    if not s.train and s.lora is None:
+        raise RecipeError(f"{where}.train: nothing trains; name modules with learning rates, or add lora")
+    for module, lr in s.train.items():
+        if not lr > 0:
+            raise RecipeError(f"{where}.train.{module}: learning rate must be > 0, got {lr}")
+    if not s.data:
+        raise RecipeError(f"{where}.data: a stage needs at least one source")
+    names = [d.name for d in s.data]
+    if len(set(names)) != len(names):
+        raise RecipeError(f"{where}.data: source names must be unique, got {names}")
+    for key in ("steps", "batch_size", "grad_accum", "max_nonfinite"):
+        if getattr(s, key) < 1:
+            raise RecipeError(f"{where}.{key}: must be >= 1, got {getattr(s, key)}")
+    if s.save_every < 0:
+        raise RecipeError(f"{where}.save_every: must be >= 0")
+    if s.global_batch is not None and s.global_batch % s.batch_size:
+        raise RecipeError(
+            f"{where}.global_batch: {s.global_batch} is not a multiple of batch_size {s.batch_size}"
+        )
+    if not 0.0 <= s.warmup_ratio < 1.0 or not 0.0 <= s.min_lr_ratio <= 1.0:
+        raise RecipeError(f"{where}: need 0 <= warmup_ratio < 1 and 0 <= min_lr_ratio <= 1")
+    if s.lora is not None and (s.lora.r < 1 or not s.lora.target_modules):
+        raise RecipeError(f"{where}.lora: need r >= 1 and at least one target module")
+
+
+def shapes_config(spec: ShapesSpec) -> ShapesConfig:
+    """The `ShapesConfig` of a shapes source (YAML lists become the tuples the config wants)."""
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in spec.config.items()}
+    return ShapesConfig(**values)
+
+
+def resolve(recipe: Recipe, *, world_size: int = 1, where: str = "recipe") -> Recipe:
+    """Check every field and fill the derived defaults: source names, warmup steps, grad_accum."""
+    _check_model(recipe.model, f"{where}: model")
+    if not recipe.stages:
+        raise RecipeError(f"{where}: stages: a recipe needs at least one stage")
+    names = [s.name for s in recipe.stages]
+    if len(set(names)) != len(names):
+        raise RecipeError(f"{where}: stages: names must be unique, got {names}")
+    for i, stage in enumerate(recipe.stages):
+        at = f"{where}: stages[{i}] ({stage.name})"
+        for j, source in enumerate(stage.data):
+            if not source.name:
+                source.name = "shapes" if source.shapes is not None else Path(source.records).stem
+            _check_source(source, f"{at}.data[{j}]")
+        _check_stage(stage, at)
+        if stage.warmup_steps is None:
+            stage.warmup_steps = round(stage.warmup_ratio * stage.steps)
+        if stage.global_batch is not None:
+            per_step = stage.batch_size * world_size
+            if stage.global_batch % per_step:
+                raise RecipeError(
+                    f"{at}.global_batch: {stage.global_batch} is not a multiple of batch_size x processes "
+                    f"= {stage.batch_size} x {world_size}"
+                )
+            stage.grad_accum = stage.global_batch // per_step
+    return recipe
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Files
+
+
+def shipped_recipes() -> list[str]:
+    """The names of the recipes shipped with groundlm (`groundlm train NAME`)."""
+    folder = resources.files("groundlm.train") / "recipes"
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def recipe_path(name_or_path: str | Path) -> Path:
+    """The YAML file for a path or the name of a shipped recipe (`shapes`, `llava`, ...)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    if path.suffix == "" and str(name_or_path) in shipped_recipes():
+        return Path(str(resources.files("groundlm.train") / "recipes" / f"{name_or_path}.yaml"))
+    raise FileNotFoundError(
+        f"recipe {str(name_or_path)!r} is neither a file nor a shipped recipe ({', '.join(shipped_recipes())})"
+    )
+
+
+def from_dict(data: Any, source: str = "recipe", *, world_size: int = 1) -> Recipe:
+    """A resolved `Recipe` from parsed YAML; `source` (the file name) starts every error message."""
+    if not isinstance(data, dict):
+        raise RecipeError(f"{source}: a recipe is a mapping with name, model and stages")
+    data = dict(data)
+    defaults = data.pop("stage_defaults", None) or {}
+    if not isinstance(defaults, dict):
+        raise RecipeError(f"{source}: stage_defaults: expected a mapping")
+    stages = data.get("stages")
+    if isinstance(stages, list):
+        # Defaults first, the stage's own fields over them (a stage's lora: null switches LoRA off).
+        data["stages"] = [{**defaults, **s} if isinstance(s, dict) else s for s in stages]
+    try:
+        recipe = build(Recipe, data, "")
+    except RecipeError as err:
+        raise RecipeError(f"{source}: {err}") from None
+    return resolve(recipe, world_size=world_size, where=source)
+
+
+def load_recipe(name_or_path: str | Path, *, world_size: int = 1) -> Recipe:
+    """Load, check and resolve a recipe file or shipped recipe; errors name the file and the field."""
+    path = recipe_path(name_or_path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise RecipeError(f"{path}: not valid YAML: {err}") from err
+    return from_dict(data, str(path), world_size=world_size)
+
+
+def to_dict(recipe: Recipe) -> dict:
+    """The recipe as plain data (every field, defaults filled), ready for YAML."""
+    return dataclasses.asdict(recipe)
+
+
+def to_yaml(recipe: Recipe) -> str:
+    """The resolved recipe as YAML (what is saved beside every checkpoint)."""
+    return yaml.safe_dump(to_dict(recipe), sort_keys=False, width=110)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Dry runs
+
+
+def dry_run(recipe: Recipe, *, steps: int = 2, scenes: int = 200) -> Recipe:
+    """A copy that runs anywhere in seconds: the tiny preset and ShapesWorld for absent data.
+
+    The stand-in model is the tiny preset with the recipe's connector, template and frame, so the dry run goes
+    through the same code paths (LoRA, templates per stage, gradient checkpointing, precision) as the real one.
+    Records files that exist on this machine are kept; the others become ShapesWorld sources with the same
+    name and ratio. Every stage runs `steps` steps with micro-batches of at most 2.
+    """
+    r = dataclasses.replace(recipe, stages=[dataclasses.replace(s) for s in recipe.stages])
+    m = recipe.model
+    r.model = ModelSpec(preset="tiny", connector=m.connector, template=m.template, frame=m.frame)
+    for stage in r.stages:
+        data = []
+        for source in stage.data:
+            if source.records is not None and not Path(expand(source.records)).is_file():
+                source = SourceSpec(name=source.name, ratio=source.ratio, shapes=ShapesSpec(scenes=scenes))
+            data.append(source)
+        stage.data = data
+        stage.steps = steps
+        stage.batch_size = min(stage.batch_size, 2)
+        stage.grad_accum = min(stage.grad_accum, 2)
+        stage.global_batch = None
+        stage.warmup_steps = min(stage.warmup_steps or 0, 1)
+        stage.save_every = 0
+    return resolve(r, where=f"{recipe.name} (dry run)")
+
+
+def expand(path: str) -> str:
+    """`~` and environment variables expanded (recipes may say `$DATA/coco/records.jsonl`)."""
+    return os.path.expandvars(os.path.expanduser(path))
+
+
+def override_steps(recipe: Recipe, steps: int) -> Recipe:
+    """A copy where every stage runs `steps` optimizer steps, warmup scaled to keep its share."""
+    if steps < 1:
+        raise RecipeError(f"--steps must be >= 1, got {steps}")
+    r = dataclasses.replace(recipe, stages=[dataclasses.replace(s) for s in recipe.stages])
+    for stage in r.stages:
+        stage.warmup_steps = round((stage.warmup_steps or 0) * steps / stage.steps)
+        stage.steps = steps
+    return r
