@@ -16,13 +16,17 @@ $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q -e ".[dev,serve,eval]"
 	touch $(STAMP)
 
-# System packages: Java for the COCO caption metrics (PTB tokenizer, METEOR). Best effort: without root or a
-# package mirror the metrics that need Java report themselves unavailable and their tests skip.
+# System packages: Java for the COCO caption metrics (PTB tokenizer, METEOR) and Debian's chromium for the
+# web page's real-browser test (never `playwright install`, which downloads its own browser). Best effort:
+# without root or a package mirror, the tests that need them skip and say why.
 system:
-	@command -v java >/dev/null 2>&1 || { \
-	  echo "installing a Java runtime (caption metrics)"; \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq default-jre-headless) >/dev/null 2>&1 \
-	  || echo "warning: could not install Java; caption metrics will be reported unavailable"; }
+	@missing=""; command -v java >/dev/null 2>&1 || missing="$$missing default-jre-headless"; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing system packages:$$missing"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing) >/dev/null 2>&1 \
+	  || echo "warning: could not install$$missing; the tests that need them will skip"; \
+	fi
 
 install: $(STAMP) system
 

@@ -116,6 +116,53 @@ def eval_cmd(
     typer.echo(f"wrote {out}/metrics.json and {out}/report.md")
 
 
+@app.command("train")
+def train_cmd(
+    recipe: str = typer.Argument(..., help="A recipe YAML file, or a shipped recipe: shapes, minigpt4, minigptv2, llava."),
+    out: Path = typer.Option(None, "--out", help="Run directory (default: runs/<recipe name>)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint in --out."),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Tiny stand-in model, ShapesWorld for absent data, 2 steps per stage."
+    ),
+    steps: int = typer.Option(None, "--steps", help="Run every stage for this many steps instead."),
+) -> None:
+    """Train with RECIPE: every stage in turn, checkpoints and metrics in --out, the model in OUT/model."""
+    import os
+
+    from .train import RecipeError, TrainingStopped, load_recipe, override_steps, train
+    from .train import dry_run as make_dry_run
+
+    try:
+        r = load_recipe(recipe, world_size=int(os.environ.get("WORLD_SIZE", "1")))
+        if dry_run:
+            r = make_dry_run(r)
+        if steps is not None:
+            r = override_steps(r, steps)
+        train(r, out or Path("runs") / (f"{r.name}-dry-run" if dry_run else r.name), resume=resume)
+    except TrainingStopped as err:
+        typer.secho(str(err), fg=typer.colors.YELLOW, err=True)
+        raise typer.Exit(code=err.exit_code) from None
+    except (RecipeError, FileNotFoundError, FileExistsError, ValueError) as err:
+        _fail(str(err))
+
+
+@app.command()
+def serve(
+    model: str = typer.Argument(..., help="Model directory."),
+    host: str = typer.Option("127.0.0.1", help="Address to bind (loopback unless told otherwise)."),
+    port: int = typer.Option(8000, help="Port."),
+    api_key: str = typer.Option(None, help="Require this bearer key (default: $GROUNDLM_API_KEY, else none)."),
+    ui: bool = typer.Option(True, help="Mount the web page at /ui."),
+) -> None:
+    """Serve MODEL: an OpenAI-compatible API at /v1/chat/completions and a web page at /ui."""
+    from .serve import run
+
+    try:
+        run(model, host=host, port=port, api_key=api_key, ui=ui)
+    except (FileNotFoundError, ValueError) as err:
+        _fail(str(err))
+
+
 data_app = typer.Typer(no_args_is_help=True, help="Make, check and look at record files.")
 app.add_typer(data_app, name="data")
 

@@ -121,8 +121,14 @@ class GroundLM:
         return Answer(text, self.processor.parse(text, frame), self.processor.codec.strip(text))
 
     @torch.inference_mode()
-    def generate(self, batch: list[Encoded], max_new_tokens: int) -> list[str]:
-        """Greedy decoding of already-encoded prompts; returns the decoded answer of each."""
+    def generate(
+        self, batch: list[Encoded], max_new_tokens: int, *, temperature: float = 0.0, top_p: float = 1.0
+    ) -> list[str]:
+        """Decode already-encoded prompts; returns the answer of each.
+
+        Greedy when `temperature` is 0 (the default, and what evaluation uses); otherwise sampling with
+        `temperature` and nucleus `top_p`.
+        """
         inputs = {k: v.to(self.device) for k, v in self.processor.pad(batch, side="left").items() if k != "labels"}
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
@@ -131,9 +137,11 @@ class GroundLM:
         extra = {"eos_token_id": stop_id} if stop_id is not None else {
             "stop_strings": [self.processor.template.stop], "tokenizer": tok
         }
-        out = self.model.generate(
-            **inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id, **extra
-        )
+        if temperature > 0:
+            extra.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
+        else:
+            extra["do_sample"] = False
+        out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id, **extra)
         new = out[:, inputs["input_ids"].shape[1] :]  # [B, T_new]; left padding aligns every prompt's end
         return [self.processor.decode(row.tolist()) for row in new]
 
