@@ -31,8 +31,8 @@ class FixedAnswerLM(GroundLM):
         self.batch_sizes: list[int] = []
         self.seen: list = []  # every Encoded prompt generated for, in order
 
-    def generate(self, batch, max_new_tokens):
-        """The fixed answer for each prompt of the batch."""
+    def generate(self, batch, max_new_tokens, *, temperature=0.0, top_p=1.0):
+        """The fixed answer for each prompt of the batch (greedy or sampled: the stub ignores decoding)."""
         self.batch_sizes.append(len(batch))
         self.seen += batch
         return [self.answer] * len(batch)
@@ -49,10 +49,10 @@ class SlowLM(FixedAnswerLM):
         super().__init__(lm)
         self.seconds = seconds
 
-    def generate(self, batch, max_new_tokens):
+    def generate(self, batch, max_new_tokens, **decoding):
         """Sleep, then answer."""
         time.sleep(self.seconds)
-        return super().generate(batch, max_new_tokens)
+        return super().generate(batch, max_new_tokens, **decoding)
 
 
 def png_bytes(colour=(200, 30, 30), size=(80, 60)) -> bytes:

@@ -359,7 +359,7 @@ def test_concurrent_requests_share_batches(lm):
 
 
 class BrokenLM(FixedAnswerLM):
-    def generate(self, batch, max_new_tokens):
+    def generate(self, batch, max_new_tokens, **decoding):
         raise RuntimeError("kaput: internal detail")
 
 
