@@ -1,0 +1,59 @@
+"""Export to transformers' LLaVA layout: same weights, same logits, same greedy tokens."""
+
+import pytest
+import torch
+from transformers import LlavaForConditionalGeneration
+
+from groundlm.export import export_llava, to_llava
+from groundlm.presets import Preset, build_model
+from groundlm.processor import IGNORE_INDEX
+
+LLAVA_LIKE = Preset(connector="mlp2x_gelu", template="llava_v1", frame="pad")
+
+
+@pytest.fixture(scope="module")
+def pair():
+    torch.set_num_threads(1)
+    model, processor = build_model(LLAVA_LIKE, seed=3)
+    return model, processor, to_llava(model)
+
+
+def _batch(processor):
+    from PIL import Image
+
+    encs = [processor.prompt(Image.new("RGB", (40, 30), c), [{"role": "user", "content": p}])
+            for c, p in [((255, 0, 0), "[refer] the red circle"), ((0, 0, 255), "[caption]")]]
+    batch = processor.pad(encs, side="left")
+    assert (batch.pop("labels") == IGNORE_INDEX).all()
+    return batch
+
+
+def test_exported_llava_computes_the_same_logits(pair):
+    model, processor, llava = pair
+    batch = _batch(processor)
+    with torch.no_grad():
+        ours = model(**batch).logits
+        theirs = llava(**batch).logits
+    assert (ours - theirs).abs().max().item() <= 1e-4
+
+
+def test_exported_llava_generates_the_same_tokens(pair):
+    model, processor, llava = pair
+    batch = _batch(processor)
+    kw = dict(max_new_tokens=6, do_sample=False, pad_token_id=processor.tokenizer.pad_token_id)
+    assert torch.equal(model.generate(**batch, **kw), llava.generate(**batch, **kw))
+
+
+def test_export_directory_loads_with_transformers(pair, tmp_path):
+    model, processor, _ = pair
+    export_llava(model, processor, tmp_path)
+    again = LlavaForConditionalGeneration.from_pretrained(tmp_path, local_files_only=True)
+    batch = _batch(processor)
+    with torch.no_grad():
+        assert (again(**batch).logits - model(**batch).logits).abs().max().item() <= 1e-4
+
+
+def test_models_llava_cannot_express_are_refused():
+    model, _ = build_model("tiny")  # concat4 connector
+    with pytest.raises(ValueError, match="mlp2x_gelu"):
+        to_llava(model)
