@@ -111,8 +111,10 @@ class TextLocationCodec:
         x1, y1, x2, y2 = self.quantize(box_norm)
         return f"{{<{x1}><{y1}><{x2}><{y2}>}}"
 
-    def render(self, content: str, boxes_norm: Sequence[Sequence[float]]) -> str:
+    def render(self, content: str, boxes_norm: Sequence[Sequence[float]], *, output: bool = True) -> str:
         """Replace the `<box:i>` slots of `content` by the text of `boxes_norm[i]`.
+
+        `output` (assistant turn or not) changes nothing: user and model write boxes the same way.
 
         Adjacent slots (`<box:0><box:1>`, several boxes of one phrase) are joined by `<delim>`, and a slot run
         directly after `</p>` gets MiniGPT-v2's single space (`<p>cat</p> {<1><2><3><4>}`).

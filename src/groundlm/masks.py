@@ -62,3 +62,34 @@ def decode_mask(segmentation: Any, height: int, width: int) -> np.ndarray:
     if decoded.ndim == 3:
         decoded = decoded.any(axis=2)
     return decoded.astype(bool)
+
+
+def mask_to_frame(mask: np.ndarray, frame, size: int) -> np.ndarray:
+    """An original-image ``[H, W]`` bool mask as the model sees it: ``[size, size]`` bool in the input frame.
+
+    Same geometry as the image transform (`geometry.Frame`): ``resize`` stretches, ``pad`` pastes the mask into
+    the centred square canvas first (padding is background). Nearest-neighbour, so the mask stays binary.
+    """
+    from PIL import Image
+
+    mask = np.asarray(mask, dtype=bool)
+    if frame.mode == "pad":
+        canvas = np.zeros((frame.side, frame.side), dtype=bool)
+        ox, oy = frame.offset
+        canvas[oy : oy + mask.shape[0], ox : ox + mask.shape[1]] = mask
+        mask = canvas
+    img = Image.fromarray(mask.astype(np.uint8) * 255).resize((size, size), Image.Resampling.NEAREST)
+    return np.asarray(img) > 127
+
+
+def mask_from_frame(mask: np.ndarray, frame) -> np.ndarray:
+    """The inverse of `mask_to_frame`: a ``[S, S]`` frame mask back to ``[frame.height, frame.width]`` pixels."""
+    from PIL import Image
+
+    img = Image.fromarray(np.asarray(mask, dtype=bool).astype(np.uint8) * 255)
+    if frame.mode == "pad":
+        side = frame.side
+        ox, oy = frame.offset
+        full = np.asarray(img.resize((side, side), Image.Resampling.NEAREST)) > 127
+        return full[oy : oy + frame.height, ox : ox + frame.width]
+    return np.asarray(img.resize((frame.width, frame.height), Image.Resampling.NEAREST)) > 127

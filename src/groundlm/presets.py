@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 
 from .data.shapes import vocabulary
-from .location import TextLocationCodec
+from .location_codecs import make_codec
+from .location_setup import location_head_settings
 from .modeling import GroundLMConfig, GroundLMForConditionalGeneration
 from .processor import GroundLMProcessor, ProcessorConfig
 from .templates import TASKS, get_template
@@ -47,6 +48,8 @@ class Preset:
     template: str = "llama2"
     frame: str = "resize"
     location_bins: int = 100
+    location_codec: str = "text"  # text | tokens (<loc_k>, location_bins of them) | embedding (NExT-Chat)
+    location_head: dict | None = None  # embedding: LocationHeadConfig overrides (loss weights, mask_decoder)
 
 
 # MiniGPT-v2's architecture in miniature: plain resize, concat4 connector, llama2 template, text locations.
@@ -66,7 +69,7 @@ def get_preset(name: str) -> Preset:
 def build_processor(preset: Preset, num_image_tokens: int, words: list[str] | None = None) -> GroundLMProcessor:
     """A word-level tokenizer and processor for `preset`."""
     template = get_template(preset.template)
-    codec = TextLocationCodec(bins=preset.location_bins)
+    codec = make_codec(preset)
     tokenizer = build_word_tokenizer(
         words if words is not None else default_words(),
         tokens=codec.special_tokens() + [f"[{t}]" for t in TASKS],
@@ -79,6 +82,7 @@ def build_processor(preset: Preset, num_image_tokens: int, words: list[str] | No
         frame=preset.frame,
         num_image_tokens=num_image_tokens,
         location_bins=preset.location_bins,
+        location_codec=preset.location_codec,
     )
     return GroundLMProcessor(tokenizer, config)
 
@@ -122,6 +126,10 @@ def build_model(
         image_token_id=processor.image_token_id,
         frame=p.frame,
         location_bins=p.location_bins,
+        location_codec=p.location_codec,
+        location_head=(
+            location_head_settings(processor, **(p.location_head or {})) if p.location_codec == "embedding" else None
+        ),
         pad_token_id=tok.pad_token_id,
     )
     torch.manual_seed(seed)

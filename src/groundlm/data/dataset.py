@@ -112,7 +112,8 @@ class RecordDataset:
             pixels, frame = self.processor.transform(image)
         try:
             enc = self.processor.encode(
-                record.messages, boxes=[o.box for o in record.objects], frame=frame, image=image is not None
+                record.messages, boxes=[o.box for o in record.objects], frame=frame, image=image is not None,
+                masks=[o.mask for o in record.objects] if any(o.mask is not None for o in record.objects) else None,
             )
         except ValueError as err:
             raise SampleError(where, "bad conversation", str(err)) from err

@@ -16,7 +16,7 @@ from transformers.configuration_utils import SubConfigSpec
 CONNECTORS = ("linear", "mlp2x_gelu", "concat4", "qformer")
 SELECT_STRATEGIES = ("default", "full")
 FRAMES = ("resize", "pad")
-LOCATION_CODECS = ("text",)
+LOCATION_CODECS = ("text", "tokens", "embedding")
 # Vision towers groundlm knows how many tokens of (CLIP, SigLIP, ViT).
 VISION_TOWERS = ("clip_vision_model", "siglip_vision_model", "vit")
 
@@ -54,6 +54,8 @@ class GroundLMConfig(PreTrainedConfig):
         frame: how the processor fits an image into the square input: `resize` (stretch) or `pad` (letterbox).
         location_codec: how boxes are written in text (`text`: `{<x1><y1><x2><y2>}` bins).
         location_bins: the number of coordinate bins of the location codec.
+        location_head: the `embedding` codec's box encoder/decoder (and mask decoder) settings, a dict of
+            `modeling/location_heads.LocationHeadConfig` fields (token ids, loss weights); None otherwise.
         projector_bias: whether the connector's linear layers have a bias.
         tie_word_embeddings: mirrors the text config's flag when that is true (the LM does the tying).
     """
@@ -78,6 +80,7 @@ class GroundLMConfig(PreTrainedConfig):
     frame: str = "resize"
     location_codec: str = "text"
     location_bins: int = 100
+    location_head: dict | None = None
     projector_bias: bool = True
     tie_word_embeddings: bool = False
 
@@ -110,6 +113,8 @@ class GroundLMConfig(PreTrainedConfig):
             raise ValueError(
                 f"unknown location_codec {self.location_codec!r}; choose one of {', '.join(LOCATION_CODECS)}"
             )
+        if (self.location_codec == "embedding") != (self.location_head is not None):
+            raise ValueError("location_head (the box encoder/decoder settings) goes with location_codec 'embedding'")
         if not isinstance(self.location_bins, int) or self.location_bins < 2:
             raise ValueError(f"location_bins must be an int >= 2, got {self.location_bins!r}")
         if not isinstance(self.vision_feature_layer, int) or isinstance(self.vision_feature_layer, bool):

@@ -19,6 +19,7 @@ from transformers.utils.generic import can_return_tuple
 
 from .config import GroundLMConfig
 from .connector import QFormerConnector, build_connector
+from .location_heads import build_location_heads
 from .vision import build_vision_tower, select_image_features
 
 
@@ -30,6 +31,12 @@ class GroundLMCausalLMOutputWithPast(CausalLMOutputWithPast):
     """
 
     image_hidden_states: torch.FloatTensor | None = None
+    # Embedding codec (modeling/location_heads.py), when trigger_boxes are given: the decoded boxes
+    # [N_trigger, 4], each loss term's mean, the weighted total (in `loss` too) and its split per sample [B].
+    location_boxes: torch.FloatTensor | None = None
+    location_losses: dict | None = None
+    location_loss: torch.FloatTensor | None = None
+    location_sample_losses: torch.FloatTensor | None = None
 
 
 def positions_from_attention_mask(attention_mask: torch.Tensor) -> torch.LongTensor:
@@ -81,6 +88,7 @@ class GroundLMForConditionalGeneration(GroundLMPreTrainedModel, GenerationMixin)
         self.vision_tower = build_vision_tower(config.vision_config)
         self.connector = build_connector(config)
         self.language_model = AutoModelForCausalLM.from_config(config.text_config)
+        self.location_heads = build_location_heads(config)  # None unless location_codec == "embedding"
         self.post_init()
 
     # Embedding accessors: `resize_token_embeddings` (new special tokens) goes through these.
@@ -146,6 +154,9 @@ class GroundLMForConditionalGeneration(GroundLMPreTrainedModel, GenerationMixin)
         use_cache: bool | None = None,
         cache_position: torch.LongTensor | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        slot_boxes: torch.Tensor | None = None,
+        trigger_boxes: torch.Tensor | None = None,
+        trigger_masks: torch.Tensor | None = None,
         **kwargs,
     ) -> GroundLMCausalLMOutputWithPast:
         """Embed the tokens, scatter in the image features, run the language model.
@@ -160,6 +171,10 @@ class GroundLMForConditionalGeneration(GroundLMPreTrainedModel, GenerationMixin)
             cache_position: accepted for callers written for older transformers; transformers 5 derives the
                 cache slot from the cache itself, so it is not used.
             logits_to_keep: compute logits for only the last this-many positions (0 = all).
+            slot_boxes: [N_slot, 4] embedding codec: the boxes whose encoding replaces the slot tokens' embeddings.
+            trigger_boxes: [N_trigger, 4] embedding codec: the box decoder's targets at the trigger tokens; given,
+                the location losses are computed (and added to `loss` when `labels` are given too).
+            trigger_masks: [N_trigger, S, S] embedding codec with a mask decoder: the mask targets (frame).
             kwargs: passed to the language model (e.g. `num_items_in_batch` for the loss).
         """
         if (input_ids is None) == (inputs_embeds is None):
@@ -177,6 +192,12 @@ class GroundLMForConditionalGeneration(GroundLMPreTrainedModel, GenerationMixin)
                 raise ValueError("config.image_token_id is not set, so the model cannot place image features")
             image_features = self.get_image_features(pixel_values)  # [B_img, N_img, D]
             inputs_embeds = self.merge_image_features(input_ids, inputs_embeds, image_features)
+        heads = self.location_heads
+        if heads is not None and slot_boxes is not None and input_ids is not None:
+            inputs_embeds = heads.embed_slots(input_ids, inputs_embeds, slot_boxes)  # [B, T, D]
+        locate = heads is not None and trigger_boxes is not None and input_ids is not None
+        if locate:
+            kwargs["output_hidden_states"] = True  # the box decoder reads the last layer at the triggers
 
         if position_ids is None and attention_mask is not None and attention_mask.dim() == 2:
             # The mask spans past + current tokens; the current ones are the last T.
@@ -192,13 +213,26 @@ class GroundLMForConditionalGeneration(GroundLMPreTrainedModel, GenerationMixin)
             logits_to_keep=logits_to_keep,
             **kwargs,
         )
+        location = None
+        if locate:
+            location = heads.losses(
+                input_ids, outputs.hidden_states[-1], trigger_boxes, slot_boxes,
+                vision=(self, pixel_values), trigger_masks=trigger_masks,
+            )
+        loss = outputs.loss
+        if loss is not None and location is not None:
+            loss = loss + location.total
         return GroundLMCausalLMOutputWithPast(
-            loss=outputs.loss,
+            loss=loss,
             logits=outputs.logits,
             past_key_values=outputs.past_key_values,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             image_hidden_states=image_features,
+            location_boxes=None if location is None else location.boxes,
+            location_losses=None if location is None else location.losses,
+            location_loss=None if location is None else location.total,
+            location_sample_losses=None if location is None else location.per_sample,
         )
 
     def prepare_inputs_for_generation(

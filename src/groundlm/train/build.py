@@ -20,6 +20,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ..images import CLIP_MEAN, CLIP_STD
 from ..modeling import GroundLMConfig, GroundLMForConditionalGeneration, build_connector, load_vision_tower
+from ..location_codecs import make_codec
+from ..location_setup import add_location_tokens
+from ..modeling.location_heads import build_location_heads
 from ..presets import build_model, get_preset
 from ..processor import GroundLMProcessor, ProcessorConfig
 from ..templates import get_template
@@ -42,7 +45,9 @@ def build_for_recipe(
 def _from_preset(spec: ModelSpec, seed: int, templates: Sequence[str]):
     preset = get_preset(spec.preset)
     overrides = {
-        k: getattr(spec, k) for k in ("connector", "template", "frame") if getattr(spec, k) is not None
+        k: getattr(spec, k)
+        for k in ("connector", "template", "frame", "location_codec", "location_bins", "location_head")
+        if getattr(spec, k) is not None
     }
     model, processor = build_model(replace(preset, **overrides), seed=seed)
     tokenizer = processor.tokenizer
@@ -108,6 +113,10 @@ def _from_parts(spec: ModelSpec, seed: int):
     if len(tokenizer) > lm.get_input_embeddings().weight.shape[0]:
         torch.manual_seed(seed)
         lm.resize_token_embeddings(len(tokenizer))
+    # tokens / embedding codecs: their tokens join the vocabulary, new rows at the mean (location_setup.py).
+    codec = ProcessorConfig(location_codec=spec.location_codec or "text", location_bins=spec.location_bins or 100)
+    if codec.location_codec != "text":
+        add_location_tokens(lm, tokenizer, make_codec(codec))
 
     template = spec.template or "llama2"
     config = GroundLMConfig(
@@ -118,6 +127,9 @@ def _from_parts(spec: ModelSpec, seed: int):
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
         frame=spec.frame or "resize",
         pad_token_id=tokenizer.pad_token_id,
+        location_codec=codec.location_codec,
+        location_bins=codec.location_bins,
+        location_head=_head_settings(tokenizer, codec, spec.location_head),
     )
     # Build the skeleton on the meta device (no memory, no random init of billions of weights), then put the
     # loaded parts and a freshly initialised connector in place.
@@ -127,6 +139,8 @@ def _from_parts(spec: ModelSpec, seed: int):
     model.language_model = lm
     torch.manual_seed(seed)
     model.connector = build_connector(config).to(dtype)
+    if model.location_heads is not None:
+        model.location_heads = build_location_heads(config).to(dtype)
     left = [n for n, p in [*model.named_parameters(), *model.named_buffers()] if p.is_meta]
     if left:
         raise RuntimeError(f"parameters left uninitialised after assembling the model: {left[:5]}")
@@ -139,11 +153,22 @@ def _from_parts(spec: ModelSpec, seed: int):
         num_image_tokens=config.num_image_tokens,
         mean=mean,
         std=std,
+        location_codec=codec.location_codec,
+        location_bins=codec.location_bins,
     )
     processor = GroundLMProcessor(tokenizer, processor_config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = processor.stop_token_id or tokenizer.eos_token_id
     return model, processor
+
+
+def _head_settings(tokenizer, codec: ProcessorConfig, overrides: dict | None) -> dict | None:
+    """`GroundLMConfig.location_head` for the embedding codec (its token ids + the recipe's overrides)."""
+    if codec.location_codec != "embedding":
+        return None
+    found = make_codec(codec)
+    ids = {"trigger_token_id": found.trigger, "slot_token_id": found.slot}
+    return {**{k: tokenizer.convert_tokens_to_ids(t) for k, t in ids.items()}, **(overrides or {})}
 
 
 def stage_processor(processor: GroundLMProcessor, template: str | None) -> GroundLMProcessor:

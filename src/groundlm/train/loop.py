@@ -39,6 +39,7 @@ from ..processor import IGNORE_INDEX
 from . import checkpoint
 from .build import build_for_recipe, stage_processor
 from .control import RunState, StopSignal, TrainHooks, TrainingStopped
+from .location_objective import TERMS_ATTRIBUTE, lm_location_losses
 from .monitor import MetricsLog, Progress, rewind_metrics
 from .params import (
     configure_trainable,
@@ -86,6 +87,8 @@ def objective_units(objective: str, batch: dict[str, torch.Tensor]) -> torch.Ten
 def objective_losses(objective: str, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Summed loss per sample, [B]: for `lm`, the token cross-entropy over the answer tokens."""
     if objective == "lm":
+        if "trigger_boxes" in batch:  # embedding codec: + box/cycle(/mask) losses (train/location_objective.py)
+            return lm_location_losses(model, batch)
         return lm_token_losses(model, batch).sum(1)
     raise ValueError(f"unknown objective {objective!r}")
 
@@ -438,6 +441,8 @@ def _step(ctx: _StageContext, bar: Progress) -> None:
                 "skipped": not finite,
                 "nonfinite": state.nonfinite_total,
                 "source": sorted({m[0] for m in micro}),
+                # embedding codec: this process's last micro-batch's location terms (box_l1, box_giou, ...)
+                **({"location_losses": terms} if (terms := getattr(run.model, TERMS_ATTRIBUTE, None)) else {}),
             }
         )
     bar.update(step_loss if finite else None, max(lrs.values()), speed)

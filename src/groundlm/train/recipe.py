@@ -60,6 +60,10 @@ class ModelSpec:
     frame: str | None = None  # resize | pad (None: preset's / resize)
     vision_feature_layer: int = -2  # pretrained parts only; presets use their own config
     dtype: str = "float32"  # dtype the pretrained parts are loaded in
+    location_codec: str | None = None  # text | tokens | embedding (None: the preset's / text)
+    location_bins: int | None = None  # bins of the text / tokens codec (None: the preset's / 100)
+    # embedding codec: LocationHeadConfig overrides (l1_weight, giou_weight, cycle_weight, mask_decoder, ...)
+    location_head: dict[str, Any] | None = None
 
 
 @dataclass
@@ -236,6 +240,7 @@ def _check_model(m: ModelSpec, where: str) -> None:
         if m.preset not in PRESETS:
             raise RecipeError(f"{where}.preset: unknown preset {m.preset!r}; choose one of {sorted(PRESETS)}")
     for name, allowed in (
+        ("location_codec", ("text", "tokens", "embedding")),
         ("connector", CONNECTORS),
         ("template", TEMPLATES),
         ("frame", FRAMES),
@@ -244,6 +249,14 @@ def _check_model(m: ModelSpec, where: str) -> None:
         value = getattr(m, name)
         if value is not None and value not in allowed:
             raise RecipeError(f"{where}.{name}: {value!r} is not one of {sorted(allowed)}")
+    if m.location_head is not None:
+        from ..modeling.location_heads import LocationHeadConfig
+
+        known = {f.name for f in dataclasses.fields(LocationHeadConfig)} - {"trigger_token_id", "slot_token_id"}
+        if m.location_codec != "embedding" or set(m.location_head) - known:
+            raise RecipeError(
+                f"{where}.location_head: needs location_codec embedding and fields among {sorted(known)}"
+            )
 
 
 def _check_source(s: SourceSpec, where: str) -> None:
@@ -406,7 +419,15 @@ def dry_run(recipe: Recipe, *, steps: int = 2, scenes: int = 200) -> Recipe:
     """
     r = dataclasses.replace(recipe, stages=[dataclasses.replace(s) for s in recipe.stages])
     m = recipe.model
-    r.model = ModelSpec(preset="tiny", connector=m.connector, template=m.template, frame=m.frame)
+    r.model = ModelSpec(
+        preset="tiny",
+        connector=m.connector,
+        template=m.template,
+        frame=m.frame,
+        location_codec=m.location_codec,
+        location_bins=m.location_bins,
+        location_head=m.location_head,
+    )
     for stage in r.stages:
         data = []
         for source in stage.data:

@@ -1,0 +1,99 @@
+"""Generation with the embedding codec: the trigger's box is decoded and fed back as the slot's embedding,
+batched decoding equals one prompt at a time, and `ask` returns the decoded boxes as grounded objects."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+import groundlm.generation as generation
+from groundlm.data.shapes import scene_at
+from groundlm.inference import GroundLM
+from groundlm.presets import build_model, get_preset
+
+FORCED_STEPS = (0, 3)  # the chooser below emits the trigger at these decoding steps
+
+
+@pytest.fixture(scope="module")
+def lm():
+    model, processor = build_model(dataclasses.replace(get_preset("tiny"), location_codec="embedding"), seed=1)
+    return GroundLM(model, processor)
+
+
+@pytest.fixture
+def forced_triggers(monkeypatch, lm):
+    """Greedy decoding that emits the trigger at FORCED_STEPS (a random model would rarely choose it)."""
+    step = {"n": 0}
+    original = generation._choose
+    trigger = lm.processor.trigger_token_id
+
+    def choose(logits, temperature, top_p, generator):
+        out = original(logits, temperature, top_p, generator)
+        if step["n"] in FORCED_STEPS:
+            out = torch.full_like(out, trigger)
+        step["n"] += 1
+        return out
+
+    monkeypatch.setattr(generation, "_choose", choose)
+    return step
+
+
+def _prompts(lm, texts, boxes):
+    images = [scene_at("val", i).image for i in range(len(texts))]
+    return [lm.processor.prompt(img, [{"role": "user", "content": t}], b)
+            for img, t, b in zip(images, texts, boxes, strict=True)]
+
+
+def test_trigger_box_is_decoded_and_fed_back(lm, forced_triggers):
+    proc, model = lm.processor, lm.model
+    (enc,) = _prompts(lm, ["[identify] what is <box:0>"], [[[4, 6, 30, 40]]])
+    generated, inputs = lm._generate_located([enc], max_new_tokens=6)
+    ids, boxes = generated.ids[0], generated.boxes[0]
+    assert ids[0] == ids[3] == proc.trigger_token_id and ids[1] == ids[4] == proc.slot_token_id
+    assert len(boxes) == 2
+    # Teacher-force the whole sequence with the decoded boxes in the generated slots: the box at each trigger
+    # position is the one the loop decoded, so the second box saw the first box's encoding as its slot input.
+    full = torch.tensor([enc.input_ids + ids])
+    prompt_slots = torch.tensor(enc.slot_boxes).reshape(-1, 4)
+
+    def boxes_with(slot_inputs):
+        out = model(
+            input_ids=full, attention_mask=torch.ones_like(full), pixel_values=inputs["pixel_values"],
+            slot_boxes=torch.cat([prompt_slots, slot_inputs]), output_hidden_states=True,
+        )
+        return model.location_heads.decode(out.hidden_states[-1][full == proc.trigger_token_id])
+
+    with torch.no_grad():
+        replay = boxes_with(torch.tensor(boxes[:2]))
+        assert torch.allclose(replay, torch.tensor(boxes), atol=1e-4)
+        other = boxes_with(torch.tensor([[0.9, 0.9, 1.0, 1.0], boxes[1]]))
+    assert torch.allclose(other[0], replay[0], atol=1e-5)  # nothing before the first trigger changed
+    assert not torch.allclose(other[1], replay[1], atol=1e-4)  # the fed-back box matters downstream
+
+
+def test_batched_generation_equals_one_at_a_time(lm, forced_triggers):
+    texts = ["[refer] the red circle", "[identify] what is <box:0>", "[refer] where is the large blue square"]
+    boxes = [[], [[10, 12, 40, 50]], []]
+    batch = _prompts(lm, texts, boxes)
+    forced_triggers["n"] = 0
+    together, _ = lm._generate_located(batch, max_new_tokens=7)
+    for row, enc in enumerate(batch):
+        forced_triggers["n"] = 0
+        alone, _ = lm._generate_located([enc], max_new_tokens=7)
+        assert alone.ids[0] == together.ids[row]
+        assert torch.allclose(torch.tensor(alone.boxes[0]), torch.tensor(together.boxes[row]), atol=1e-4)
+
+
+def test_ask_returns_the_decoded_boxes_as_grounded_objects(lm, forced_triggers):
+    image = scene_at("val", 0).image
+    answer = lm.ask(image, "[refer] the red circle", max_new_tokens=6)
+    assert answer.text.split()[:2] == ["<at>", "<boxes>"]
+    assert len(answer.objects) == 2 and all(o.box is not None and len(o.box) == 4 for o in answer.objects)
+    assert "<at>" not in answer.plain_text
+    forced_triggers["n"] = 0
+    (text, boxes), = lm.generate_located([_prompts(lm, ["[refer] the red circle"], [[]])[0]], 6)
+    assert text == answer.text and [o.box_norm for o in answer.objects] == [tuple(b) for b in boxes]
+    forced_triggers["n"] = 0
+    assert lm.generate([_prompts(lm, ["[refer] the red circle"], [[]])[0]], 6) == [answer.text]
