@@ -114,6 +114,8 @@ def test_embedding_parse_pairs_triggers_with_decoded_boxes():
     # Without decoded boxes nothing is known; fewer boxes than triggers keep the first ones; never raises.
     assert codec.parse(text) == [] and len(codec.parse(text, decoded[:1])) == 1
     assert codec.parse("<at> <at>", [(0, 0, 1, 1)])[0].box_norm == (0, 0, 1, 1)
+    # The decoder is unconstrained: corners come back ordered and inside the frame.
+    assert codec.parse("<at>", [(0.8, 1.3, 0.2, -0.1)])[0].box_norm == (0.2, 0.0, 0.8, 1.0)
     assert codec.parse(None, decoded) == [] and codec.parse("<p>x</p>", [["bad"]]) == []  # type: ignore[arg-type]
 
 
@@ -159,7 +161,7 @@ def test_embedding_processor_emits_boxes_in_sequence_order_and_masks_slots():
     head = model.config.location_head
     assert (head["trigger_token_id"], head["slot_token_id"]) == (processor.trigger_token_id, processor.slot_token_id)
     encoded = _encoded(processor)
-    for record, enc in encoded:
+    for _record, enc in encoded:
         slots = [i for i, t in enumerate(enc.input_ids) if t == processor.slot_token_id]
         triggers = [i for i, t in enumerate(enc.input_ids) if t == processor.trigger_token_id]
         assert len(slots) == len(enc.slot_boxes) and len(triggers) == len(enc.trigger_boxes)

@@ -17,8 +17,8 @@ The processor hands the model the boxes as tensors, both normalised to the model
   box decoder (the same boxes as the assistant slots).
 
 Parsing needs the boxes the decoder produced while generating (`generation.py` returns them in order):
-`parse(text, boxes)` pairs the i-th `<at>` of the text with `boxes[i]`; a phrase `<p>…</p>` directly before a
-trigger names it. Without boxes (plain text from somewhere else) there is nothing to return. Never raises.
+`parse(text, boxes)` pairs the i-th `<at>` of the text with `boxes[i]` (corners put in order and clamped to
+[0, 1]: the decoder is unconstrained); a phrase `<p>…</p>` directly before a trigger names it. Without boxes (plain text from somewhere else) there is nothing to return. Never raises.
 """
 
 from __future__ import annotations
@@ -85,8 +85,7 @@ class EmbeddingLocationCodec:
                     continue
                 if n < len(boxes):
                     owner = phrase if phrase_end >= 0 and not text[phrase_end : m.start()].strip() else None
-                    b = boxes[n]
-                    objects.append(GroundedObject(owner, (float(b[0]), float(b[1]), float(b[2]), float(b[3]))))
+                    objects.append(GroundedObject(owner, _valid_box(boxes[n])))
                     # Several boxes of one phrase: the next trigger after `<boxes>` keeps the phrase.
                     phrase_end = _after_slot(text, m.end()) if owner is not None else -1
                     phrase = owner
@@ -105,6 +104,14 @@ class EmbeddingLocationCodec:
     def special_tokens(self) -> list[str]:
         """Tokens the tokenizer must keep whole: `<p>`, `</p>`, the trigger and the slot."""
         return ["<p>", "</p>", self.trigger, self.slot]
+
+
+def _valid_box(b: Sequence[float]) -> BoxNorm:
+    """A decoded box as a valid box of the frame: corners ordered (the decoder has no such constraint) and
+    clamped to [0, 1], like the text codec's swapped corners and bounded bins."""
+    x1, x2 = sorted((min(max(float(b[0]), 0.0), 1.0), min(max(float(b[2]), 0.0), 1.0)))
+    y1, y2 = sorted((min(max(float(b[1]), 0.0), 1.0), min(max(float(b[3]), 0.0), 1.0)))
+    return (x1, y1, x2, y2)
 
 
 def _after_slot(text: str, pos: int) -> int:
