@@ -111,6 +111,10 @@ class Engine:
         """Generate answers for jobs sharing one decoding key, in one batch."""
         decoding = jobs[0].decoding
         batch = [j.encoded for j in jobs]
+        if self.lm.processor.embeds_locations:  # NExT-Chat's codec: the boxes come from the box decoder
+            sampling = {} if decoding.greedy else {"temperature": decoding.temperature, "top_p": decoding.top_p}
+            located = self.lm.generate_located(batch, decoding.max_tokens, **sampling)
+            return [self._reply(job, text, boxes) for job, (text, boxes) in zip(jobs, located, strict=True)]
         if decoding.greedy:
             texts = self.lm.generate(batch, decoding.max_tokens)
         else:
@@ -119,7 +123,7 @@ class Engine:
             )
         return [self._reply(job, text) for job, text in zip(jobs, texts, strict=True)]
 
-    def _reply(self, job: Job, text: str) -> Reply:
+    def _reply(self, job: Job, text: str, boxes: list | None = None) -> Reply:
         processor = self.lm.processor
         # decoded text is re-tokenised for the count: generate returns text, and the count only feeds `usage`
         completion_tokens = len(processor.tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -129,7 +133,7 @@ class Engine:
             text, finish = cut, "stop"
             completion_tokens = len(processor.tokenizer(text, add_special_tokens=False)["input_ids"])
         frame: Frame | None = job.encoded.frame
-        answer = Answer(text, processor.parse(text, frame), processor.codec.strip(text))
+        answer = Answer(text, processor.parse(text, frame, boxes), processor.codec.strip(text))
         return Reply(
             answer, len(job.encoded.input_ids), completion_tokens, finish, job.image_size,
             "greedy" if job.decoding.greedy else "sample",
