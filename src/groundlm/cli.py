@@ -147,6 +147,28 @@ def train_cmd(
 
 
 @app.command()
+def demo(
+    minutes: float = typer.Option(None, "--minutes", help="Wall-time budget; every stage's steps scale to fit (default 15)."),
+    quick: bool = typer.Option(False, "--quick", help="A 2-minute first look (same stages, fewer steps)."),
+    out: Path = typer.Option(Path("runs/demo"), "--out", help="Run folder (a previous demo there is replaced)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the model, the data order and the adapters."),
+) -> None:
+    """Train a grounded model from scratch on ShapesWorld, evaluate every task, write OUT/report.md."""
+    from .demo import DemoConfig, print_summary, run_demo
+    from .train import RecipeError, TrainingStopped
+
+    try:
+        metrics = run_demo(DemoConfig(out=out, minutes=minutes, quick=quick, seed=seed))
+    except TrainingStopped as err:
+        typer.secho(str(err), fg=typer.colors.YELLOW, err=True)
+        raise typer.Exit(code=err.exit_code) from None
+    except (RecipeError, FileNotFoundError, FileExistsError, ValueError) as err:
+        _fail(str(err))
+        return
+    typer.echo(print_summary(metrics, out))
+
+
+@app.command()
 def serve(
     model: str = typer.Argument(..., help="Model directory."),
     host: str = typer.Option("127.0.0.1", help="Address to bind (loopback unless told otherwise)."),

@@ -16,6 +16,7 @@ from .data.shapes import vocabulary
 from .location_codecs import make_codec
 from .location_setup import location_head_settings
 from .modeling import GroundLMConfig, GroundLMForConditionalGeneration
+from .modeling.positions import coordinate_code
 from .processor import GroundLMProcessor, ProcessorConfig
 from .templates import TASKS, get_template
 from .tokenizer import build_word_tokenizer
@@ -50,13 +51,32 @@ class Preset:
     location_bins: int = 100
     location_codec: str = "text"  # text | tokens (<loc_k>, location_bins of them) | embedding (NExT-Chat)
     location_head: dict | None = None  # embedding: LocationHeadConfig overrides (loss weights, mask_decoder)
+    vision_feature_layer: int = -2  # which tower layer the connector reads (-1: the last)
+    vision_feature_norm: bool = False  # a LayerNorm on the tower's features before the connector
+    image_position_embedding: str = "none"  # none | sincos2d (GroundLMConfig)
+    coordinate_init: str = "random"  # random | sincos: `<0>`..`<bins>` start from a code of their value
 
 
 # MiniGPT-v2's architecture in miniature: plain resize, concat4 connector, llama2 template, text locations.
 PRESETS: dict[str, Preset] = {
     "tiny": Preset(),
     "small": Preset(image_size=96, vision_hidden=128, vision_layers=4, text_hidden=256, text_layers=4),
+    # The demo's model (`groundlm demo`, recipe `shapes`): ~5M parameters, sized so a 2-core CPU trains it to
+    # ground in 15 minutes. Its tower is pretrained by the recipe's dense_patches stage, so the connector
+    # reads the last layer; positions are added to the visual tokens and coordinate tokens start from the
+    # same code (docs/recipes.md has the measurements behind each choice).
+    "demo": Preset(
+        vision_hidden=192,
+        vision_layers=4,
+        text_hidden=256,
+        text_layers=4,
+        vision_feature_layer=-1,
+        vision_feature_norm=True,
+        image_position_embedding="sincos2d",
+        coordinate_init="sincos",
+    ),
 }
+COORDINATE_INITS = ("random", "sincos")
 
 
 def get_preset(name: str) -> Preset:
@@ -123,6 +143,8 @@ def build_model(
         vision_config=vision,
         text_config=text,
         connector=p.connector,
+        vision_feature_layer=p.vision_feature_layer,
+        vision_feature_norm=p.vision_feature_norm,
         image_token_id=processor.image_token_id,
         frame=p.frame,
         location_bins=p.location_bins,
@@ -130,13 +152,35 @@ def build_model(
         location_head=(
             location_head_settings(processor, **(p.location_head or {})) if p.location_codec == "embedding" else None
         ),
+        image_position_embedding=p.image_position_embedding,
         pad_token_id=tok.pad_token_id,
     )
     torch.manual_seed(seed)
     model = GroundLMForConditionalGeneration(config).eval()
+    if p.coordinate_init == "sincos":
+        init_coordinate_embeddings(model, processor)
+    elif p.coordinate_init != "random":
+        raise ValueError(f"unknown coordinate_init {p.coordinate_init!r}; choose one of {COORDINATE_INITS}")
     model.generation_config.pad_token_id = tok.pad_token_id
     model.generation_config.eos_token_id = processor.stop_token_id or tok.eos_token_id
     return model, processor
+
+
+def init_coordinate_embeddings(model: GroundLMForConditionalGeneration, processor: GroundLMProcessor) -> None:
+    """Start the rows of `<0>`..`<bins>` (input embeddings and lm_head) from the sinusoidal code of their value.
+
+    Neighbouring bins then begin with similar embeddings and similar output rows, so learning that the answer is
+    "about 30" helps `<29>` and `<31>` too, and the input rows share the layout of the visual position code
+    (`modeling/positions.py`). The code is scaled to the table's own init spread, so nothing else changes.
+    """
+    bins = model.config.location_bins
+    ids = processor.tokenizer.convert_tokens_to_ids([f"<{k}>" for k in range(bins + 1)])
+    ids = torch.tensor(ids)  # [bins + 1]
+    with torch.no_grad():
+        for table in (model.get_input_embeddings().weight, model.get_output_embeddings().weight):
+            code = coordinate_code(bins, table.shape[1])  # [bins + 1, D], per-channel variance 1/2
+            scale = float(table.std()) * 2**0.5  # match the random rows' spread
+            table[ids] = (code * scale).to(table.dtype)
 
 
 def new_model(out: str | Path, preset: str = "tiny", *, seed: int = 0) -> Path:

@@ -17,6 +17,8 @@ CONNECTORS = ("linear", "mlp2x_gelu", "concat4", "qformer")
 SELECT_STRATEGIES = ("default", "full")
 FRAMES = ("resize", "pad")
 LOCATION_CODECS = ("text", "tokens", "embedding")
+# Fixed codes added to the visual tokens after the connector (modeling/positions.py).
+IMAGE_POSITION_EMBEDDINGS = ("none", "sincos2d")
 # Vision towers groundlm knows how many tokens of (CLIP, SigLIP, ViT).
 VISION_TOWERS = ("clip_vision_model", "siglip_vision_model", "vit")
 
@@ -57,6 +59,12 @@ class GroundLMConfig(PreTrainedConfig):
         location_head: the `embedding` codec's box encoder/decoder (and mask decoder) settings, a dict of
             `modeling/location_heads.LocationHeadConfig` fields (token ids, loss weights); None otherwise.
         projector_bias: whether the connector's linear layers have a bias.
+        vision_feature_norm: a LayerNorm on the tower's features before the connector (as MiniGPT-4's
+            `ln_vision`). A tower trained from scratch has residual features of norm ~200, which swamp the
+            position code and make the connector's updates huge; pretrained CLIP/EVA features do not need it.
+        image_position_embedding: `none`, or `sincos2d`: a fixed 2-D sinusoidal code of each image token's
+            centre added to the connector's output (models trained from scratch learn to ground much faster
+            with it; see modeling/positions.py). Not for `qformer` or a kept CLS token.
         tie_word_embeddings: mirrors the text config's flag when that is true (the LM does the tying).
     """
 
@@ -82,6 +90,8 @@ class GroundLMConfig(PreTrainedConfig):
     location_bins: int = 100
     location_head: dict | None = None
     projector_bias: bool = True
+    vision_feature_norm: bool = False
+    image_position_embedding: str = "none"
     tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs) -> None:
@@ -115,6 +125,15 @@ class GroundLMConfig(PreTrainedConfig):
             )
         if (self.location_codec == "embedding") != (self.location_head is not None):
             raise ValueError("location_head (the box encoder/decoder settings) goes with location_codec 'embedding'")
+        if self.image_position_embedding not in IMAGE_POSITION_EMBEDDINGS:
+            raise ValueError(
+                f"unknown image_position_embedding {self.image_position_embedding!r}; "
+                f"choose one of {', '.join(IMAGE_POSITION_EMBEDDINGS)}"
+            )
+        if self.image_position_embedding != "none" and self.connector == "qformer":
+            raise ValueError("image_position_embedding needs image tokens tied to positions; qformer has none")
+        if self.image_position_embedding != "none" and self.text_config.hidden_size % 4:
+            raise ValueError("image_position_embedding 'sincos2d' needs a text width divisible by 4")
         if not isinstance(self.location_bins, int) or self.location_bins < 2:
             raise ValueError(f"location_bins must be an int >= 2, got {self.location_bins!r}")
         if not isinstance(self.vision_feature_layer, int) or isinstance(self.vision_feature_layer, bool):
@@ -159,4 +178,4 @@ class GroundLMConfig(PreTrainedConfig):
         return self.num_vision_features
 
 
-__all__ = ["CONNECTORS", "VISION_TOWERS", "GroundLMConfig", "tower_has_cls_token"]
+__all__ = ["CONNECTORS", "IMAGE_POSITION_EMBEDDINGS", "VISION_TOWERS", "GroundLMConfig", "tower_has_cls_token"]

@@ -20,6 +20,7 @@ from transformers.utils.generic import can_return_tuple
 from .config import GroundLMConfig
 from .connector import QFormerConnector, build_connector
 from .location_heads import build_location_heads
+from .positions import image_position_codes
 from .vision import build_vision_tower, select_image_features
 
 
@@ -86,6 +87,8 @@ class GroundLMForConditionalGeneration(GroundLMPreTrainedModel, GenerationMixin)
     def __init__(self, config: GroundLMConfig):
         super().__init__(config)
         self.vision_tower = build_vision_tower(config.vision_config)
+        # [B, N, C] features -> LayerNorm -> connector; None keeps the features as the tower gives them.
+        self.vision_norm = nn.LayerNorm(config.vision_config.hidden_size) if config.vision_feature_norm else None
         self.connector = build_connector(config)
         self.language_model = AutoModelForCausalLM.from_config(config.text_config)
         self.location_heads = build_location_heads(config)  # None unless location_codec == "embedding"
@@ -116,7 +119,24 @@ class GroundLMForConditionalGeneration(GroundLMPreTrainedModel, GenerationMixin)
             self.config.vision_feature_layer,
             self.config.vision_feature_select_strategy,
         )  # [B, N, C]
-        return self.connector(features)
+        if self.vision_norm is not None:
+            features = self.vision_norm(features)
+        tokens = self.connector(features)  # [B, N_img, D]
+        if self.config.image_position_embedding == "sincos2d":
+            tokens = tokens + self._image_codes(tokens)  # [N_img, D] broadcast over the batch
+        return tokens
+
+    def _image_codes(self, like: torch.Tensor) -> torch.Tensor:
+        """The fixed image-position codes [N_img, D] in `like`'s device and dtype (computed once, cached).
+
+        Not a buffer: it is a pure function of the config, so checkpoints stay free of it and a model built on
+        the meta device needs no special handling.
+        """
+        codes = getattr(self, "_image_codes_cache", None)
+        if codes is None or codes.device != like.device or codes.dtype != like.dtype:
+            codes = image_position_codes(self.config).to(like.device, like.dtype)
+            self._image_codes_cache = codes
+        return codes
 
     def merge_image_features(
         self, input_ids: torch.LongTensor, inputs_embeds: torch.Tensor, image_features: torch.Tensor

@@ -39,6 +39,8 @@ def build_for_recipe(
     """
     if spec.preset is not None:
         return _from_preset(spec, seed, templates)
+    if spec.coordinate_init not in (None, "random") or spec.vision_feature_norm:
+        raise ValueError("model.coordinate_init and vision_feature_norm apply to presets only")
     return _from_parts(spec, seed)
 
 
@@ -46,7 +48,8 @@ def _from_preset(spec: ModelSpec, seed: int, templates: Sequence[str]):
     preset = get_preset(spec.preset)
     overrides = {
         k: getattr(spec, k)
-        for k in ("connector", "template", "frame", "location_codec", "location_bins", "location_head")
+        for k in ("connector", "template", "frame", "image_position_embedding", "coordinate_init",
+                  "vision_feature_norm", "location_codec", "location_bins", "location_head")
         if getattr(spec, k) is not None
     }
     model, processor = build_model(replace(preset, **overrides), seed=seed)
@@ -126,6 +129,7 @@ def _from_parts(spec: ModelSpec, seed: int):
         vision_feature_layer=spec.vision_feature_layer,
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
         frame=spec.frame or "resize",
+        image_position_embedding=spec.image_position_embedding or "none",
         pad_token_id=tokenizer.pad_token_id,
         location_codec=codec.location_codec,
         location_bins=codec.location_bins,

@@ -39,6 +39,7 @@ from ..processor import IGNORE_INDEX
 from . import checkpoint
 from .build import build_for_recipe, stage_processor
 from .control import RunState, StopSignal, TrainHooks, TrainingStopped
+from .dense import HEAD, DenseTargets, build_dense_model, dense_losses
 from .location_objective import TERMS_ATTRIBUTE, lm_location_losses
 from .monitor import MetricsLog, Progress, rewind_metrics
 from .params import (
@@ -78,19 +79,25 @@ def lm_token_losses(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.T
 
 
 def objective_units(objective: str, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Loss units per sample, [B]: for `lm`, the supervised tokens."""
+    """Loss units per sample, [B]: for `lm`, the supervised tokens; for `dense_patches`, the patches."""
     if objective == "lm":
         return (batch["labels"][:, 1:] != IGNORE_INDEX).sum(1)
+    if objective == "dense_patches":
+        fg = batch["dense_fg"]  # [B, P]
+        return torch.full((fg.shape[0],), fg.shape[1], dtype=torch.long)
     raise ValueError(f"unknown objective {objective!r}")  # recipe.py validates; a new objective lands here
 
 
-def objective_losses(objective: str, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Summed loss per sample, [B]: for `lm`, the token cross-entropy over the answer tokens."""
-    if objective == "lm":
+def objective_losses(stage: StageSpec, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Summed loss per sample, [B]: for `lm`, the token cross-entropy over the answer tokens; for
+    `dense_patches`, the per-patch losses of train/dense.py (`model` is then the tower + head)."""
+    if stage.objective == "lm":
         if "trigger_boxes" in batch:  # embedding codec: + box/cycle(/mask) losses (train/location_objective.py)
             return lm_location_losses(model, batch)
         return lm_token_losses(model, batch).sum(1)
-    raise ValueError(f"unknown objective {objective!r}")
+    if stage.objective == "dense_patches":
+        return dense_losses(model, batch, stage.dense)
+    raise ValueError(f"unknown objective {stage.objective!r}")
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -114,6 +121,7 @@ class _Run:
     recipe_yaml: str
     resume_from: checkpoint.Checkpoint | None
     metrics: MetricsLog | None = None
+    head_state: dict | None = None  # a dense_patches head's weights from the checkpoint resumed from
 
     @property
     def rank(self) -> int:
@@ -178,7 +186,8 @@ def train(
             state.world_size = world
         # Rebuild the structure the weights were saved in (adapters attached), then load them.
         set_lora(model, None, LoraSpec(**state.lora) if state.lora else None)
-        load_trained_state(model, resume_from.weights, str(found))
+        weights = {k: v for k, v in resume_from.weights.items() if not k.startswith(HEAD + ".")}
+        load_trained_state(model, weights, str(found))
 
     run = _Run(
         recipe,
@@ -194,6 +203,8 @@ def train(
         recipe_yaml,
         resume_from,
     )
+    if resume_from is not None:
+        run.head_state = {k: v for k, v in resume_from.weights.items() if k.startswith(HEAD + ".")}
     if run.main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "recipe.yaml").write_text(recipe_yaml)
@@ -272,6 +283,33 @@ def _run_stage(run: _Run, index: int) -> None:
     set_train_modes(model)
     _set_checkpointing(model, stage.gradient_checkpointing)
 
+    # A dense_patches stage trains the tower through a head of its own (train/dense.py): the module that
+    # accelerate prepares is then the tower + head, not the whole model.
+    target, head, targets = model, None, None
+    if stage.objective == "dense_patches":
+        vocab = len(run.processor.tokenizer)
+        target = build_dense_model(model, stage.dense, vocab, seed=recipe.seed * 1000 + index + 31)
+        head = target.dense_head
+        if resuming and run.head_state:
+            head.load_state_dict({k[len(HEAD) + 1 :]: v for k, v in run.head_state.items()})
+        head_lr = stage.dense.head_lr or max(stage.train.values(), default=stage.lora.lr if stage.lora else 1e-3)
+        for decay in (True, False):
+            members = [(n, p) for n, p in head.named_parameters() if (p.ndim >= 2) == decay]
+            groups.append(
+                {
+                    "params": [p for _, p in members],
+                    "names": [f"{HEAD}.{n}" for n, _ in members],
+                    "lr": head_lr,
+                    "weight_decay": stage.weight_decay if decay else 0.0,
+                    "module": HEAD,
+                }
+            )
+        cfg = model.config
+        targets = DenseTargets(
+            run.processor.tokenizer, cfg.image_size, cfg.vision_config.patch_size, stage.dense.min_cover
+        )
+    run.head_state = None
+
     processor = stage_processor(run.processor, stage.template)
     data = build_sources(stage.data, processor, f"{recipe.name}: stages[{index}]")
     # One global batch of batch_size x processes per micro-step; each process takes its slice.
@@ -290,7 +328,7 @@ def _run_stage(run: _Run, index: int) -> None:
     accelerator = _accelerator(stage, run.cpu)
     # The scheduler is stepped by hand once per optimizer update: accelerate's wrapper would step it once per
     # process, and a skipped (non-finite) step must not advance it.
-    prepared, prepared_optimizer = accelerator.prepare(model, optimizer)
+    prepared, prepared_optimizer = accelerator.prepare(target, optimizer)
     if resuming and run.resume_from.rng is not None:
         checkpoint.set_rng_state(run.resume_from.rng)
     else:
@@ -315,6 +353,8 @@ def _run_stage(run: _Run, index: int) -> None:
         data,
         processor,
         trainable,
+        head,
+        targets,
     )
     try:
         while state.stage_step < stage.steps:
@@ -347,6 +387,8 @@ class _StageContext:
     data: StageData
     processor: object
     trainable: list[nn.Parameter]
+    head: nn.Module | None = None  # dense_patches: the training-only head (saved in checkpoints only)
+    targets: DenseTargets | None = None  # dense_patches: per-patch targets of the samples
 
 
 def _reduce(ctx: _StageContext, values: list[float]) -> list[float]:
@@ -368,8 +410,13 @@ def _step(ctx: _StageContext, bar: Progress) -> None:
     for _ in range(stage.grad_accum):
         name, indices = ctx.mixture.next_batch()
         samples = ctx.data.samples(name, indices[rank * b : (rank + 1) * b])
-        batch = {k: v.to(acc.device) for k, v in ctx.processor.pad(samples, side="right").items()}
-        micro.append((name, batch, [s.meta.get("task") or name for s in samples]))
+        batch = ctx.processor.pad(samples, side="right")
+        tasks = [s.meta.get("task") or name for s in samples]
+        if ctx.targets is not None:
+            batch.update(ctx.targets.batch(samples))
+            tasks = [stage.objective] * len(samples)  # the conversations are not what this stage trains
+        batch = {k: v.to(acc.device) for k, v in batch.items()}
+        micro.append((name, batch, tasks))
     units = [objective_units(stage.objective, m[1]) for m in micro]
     # Every process must agree to stop at the same step, so the stop request travels with the unit count.
     total_units, stop_votes = _reduce(
@@ -390,7 +437,7 @@ def _step(ctx: _StageContext, bar: Progress) -> None:
     task_sums: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
     for (_source, batch, tasks), counts in zip(micro, units, strict=True):
         with acc.accumulate(ctx.model):
-            per_sample = objective_losses(stage.objective, ctx.model, batch)  # [B]
+            per_sample = objective_losses(stage, ctx.model, batch)  # [B]
             loss = per_sample.sum() * scale
             if run.hooks.loss is not None:
                 loss = run.hooks.loss(step, loss)
@@ -484,9 +531,14 @@ def _save(ctx: _StageContext, with_optimizer: bool = True) -> Path:
     if run.main:
         state.mixture = ctx.mixture.state_dict() if with_optimizer else None
         state.scheduler = ctx.scheduler.state_dict() if with_optimizer else None
+        # The model's own object (prepare wraps it, it does not copy it), so a dense stage's tower + head
+        # wrapper does not hide the language model's weights trained in earlier stages.
+        weights = trained_state(run.model, state.trained)
+        if ctx.head is not None and with_optimizer:
+            weights.update({f"{HEAD}.{k}": v.detach().clone() for k, v in ctx.head.state_dict().items()})
         checkpoint.write_main(
             tmp,
-            weights=trained_state(acc.unwrap_model(ctx.model), state.trained),
+            weights=weights,
             optimizer=ctx.optimizer.state_dict() if with_optimizer else None,
             state=dataclasses.asdict(state),
             recipe_yaml=run.recipe_yaml,

@@ -35,11 +35,11 @@ from typing import Any
 import yaml
 
 from ..data.shapes import SHAPES_TASKS, ShapesConfig
-from ..modeling.config import CONNECTORS, FRAMES
+from ..modeling.config import CONNECTORS, FRAMES, IMAGE_POSITION_EMBEDDINGS
 from ..templates import TEMPLATES
 
 # Stage objectives the loop knows; `loop.run_stage` dispatches on this with a plain if.
-OBJECTIVES = ("lm",)
+OBJECTIVES = ("lm", "dense_patches")
 PRECISIONS = ("fp32", "bf16")
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -60,6 +60,9 @@ class ModelSpec:
     frame: str | None = None  # resize | pad (None: preset's / resize)
     vision_feature_layer: int = -2  # pretrained parts only; presets use their own config
     dtype: str = "float32"  # dtype the pretrained parts are loaded in
+    image_position_embedding: str | None = None  # none | sincos2d (None: the preset's / none)
+    coordinate_init: str | None = None  # presets only: random | sincos (None: the preset's)
+    vision_feature_norm: bool | None = None  # presets only: LayerNorm before the connector (None: the preset's)
     location_codec: str | None = None  # text | tokens | embedding (None: the preset's / text)
     location_bins: int | None = None  # bins of the text / tokens codec (None: the preset's / 100)
     # embedding codec: LocationHeadConfig overrides (l1_weight, giou_weight, cycle_weight, mask_decoder, ...)
@@ -101,6 +104,17 @@ class SourceSpec:
 
 
 @dataclass
+class DenseSpec:
+    """Settings of a `dense_patches` stage (train/dense.py): the loss weights and the tower layer it trains."""
+
+    label_weight: float = 1.0  # per object patch: BCE over the label's words, summed over the vocabulary
+    box_weight: float = 5.0  # per object patch: L1 of the owner's box, in fractions of the frame
+    min_cover: float = 0.1  # a patch belongs to the object covering the largest share of it, if >= this
+    feature_layer: int | None = None  # None: the layer the connector reads (config.vision_feature_layer)
+    head_lr: float | None = None  # None: the largest learning rate of the stage's train map
+
+
+@dataclass
 class StageSpec:
     """One training stage."""
 
@@ -108,6 +122,7 @@ class StageSpec:
     data: list[SourceSpec]
     train: dict[str, float] = field(default_factory=dict)  # module path -> learning rate
     objective: str = "lm"
+    dense: DenseSpec | None = None  # dense_patches only (filled with defaults by resolve)
     template: str | None = None  # this stage's chat template (None: the model's), e.g. plain for alignment
     lora: LoraSpec | None = None
     steps: int = 100  # optimizer steps
@@ -240,6 +255,8 @@ def _check_model(m: ModelSpec, where: str) -> None:
         if m.preset not in PRESETS:
             raise RecipeError(f"{where}.preset: unknown preset {m.preset!r}; choose one of {sorted(PRESETS)}")
     for name, allowed in (
+        ("image_position_embedding", IMAGE_POSITION_EMBEDDINGS),
+        ("coordinate_init", ("random", "sincos")),
         ("location_codec", ("text", "tokens", "embedding")),
         ("connector", CONNECTORS),
         ("template", TEMPLATES),
@@ -331,6 +348,12 @@ def resolve(recipe: Recipe, *, world_size: int = 1, where: str = "recipe") -> Re
                 source.name = "shapes" if source.shapes is not None else Path(source.records).stem
             _check_source(source, f"{at}.data[{j}]")
         _check_stage(stage, at)
+        if stage.objective == "dense_patches" and stage.dense is None:
+            stage.dense = DenseSpec()
+        if stage.objective != "dense_patches" and stage.dense is not None:
+            raise RecipeError(f"{at}.dense: only a dense_patches stage takes dense settings")
+        if stage.dense is not None and not 0.0 < stage.dense.min_cover <= 1.0:
+            raise RecipeError(f"{at}.dense.min_cover: must be in (0, 1], got {stage.dense.min_cover}")
         if stage.warmup_steps is None:
             stage.warmup_steps = round(stage.warmup_ratio * stage.steps)
         if stage.global_batch is not None:
@@ -419,11 +442,19 @@ def dry_run(recipe: Recipe, *, steps: int = 2, scenes: int = 200) -> Recipe:
     """
     r = dataclasses.replace(recipe, stages=[dataclasses.replace(s) for s in recipe.stages])
     m = recipe.model
+    norm = m.vision_feature_norm
+    if norm is None and m.preset is not None:
+        from ..presets import get_preset
+
+        norm = get_preset(m.preset).vision_feature_norm  # the stand-in keeps the module a stage may train
     r.model = ModelSpec(
         preset="tiny",
+        vision_feature_norm=norm,
         connector=m.connector,
         template=m.template,
         frame=m.frame,
+        image_position_embedding=m.image_position_embedding,
+        coordinate_init=m.coordinate_init,
         location_codec=m.location_codec,
         location_bins=m.location_bins,
         location_head=m.location_head,

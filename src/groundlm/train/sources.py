@@ -17,6 +17,7 @@ from ..data.shapes import scene_at, scene_records
 from ..processor import Encoded, GroundLMProcessor
 from ..records import Record
 from ..templates import task_of
+from .dense import DenseObject
 from .recipe import RecipeError, ShapesSpec, SourceSpec, expand, shapes_config
 
 
@@ -53,7 +54,10 @@ class ShapesSource:
                     # RecordDataset owns the record -> sample encoding (box checks, error naming).
                     self._encoder = RecordDataset(records, self.processor, name=self.name)
                 self.report.loaded += 1
-                return self._encoder.encode(records[0], scene.image)
+                sample = self._encoder.encode(records[0], scene.image)
+                # The scene's exact masks, for objectives that look under every pixel (dense_patches).
+                sample.meta["objects"] = [DenseObject(o.box, o.label, o.mask) for o in scene.objects]
+                return sample
             self.report.add_skip(SampleError(f"{self.name}: scene {i}", f"no {task} record", "replaced"))
         raise SampleError(
             self.name, "no good sample", f"no scene of {self.spec.split} supports task {task!r}"
@@ -71,6 +75,7 @@ class RecordsSource:
         self.report = self.dataset.report
         # By id: under on_error="skip" a bad record is replaced by the next one, so the index may not match.
         self.task_of_id = {r.id: _record_task(r) for r in self.dataset.records}
+        self.objects_of_id = {r.id: r.objects for r in self.dataset.records}
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -78,6 +83,9 @@ class RecordsSource:
     def __getitem__(self, index: int) -> Encoded:
         sample = self.dataset[index]
         sample.meta["task"] = self.task_of_id[sample.meta["id"]]
+        sample.meta["objects"] = [
+            DenseObject(o.box, o.label, o.mask) for o in self.objects_of_id[sample.meta["id"]]
+        ]
         return sample
 
 
