@@ -48,7 +48,7 @@ def test_a_click_enters_the_user_turn_in_every_codec(codec):
     enc = processor.prompt(image, [{"role": "user", "content": "[identify] what is <point:0>"}], points=[[32, 16]])
     text = processor.tokenizer.decode(enc.input_ids)
     if codec == "text":
-        assert "{ <49> <24> <51> <26> }" in text  # 0.02 of the frame around (0.5, 0.25): two bins per axis
+        assert "{ <48> <23> <52> <27> }" in text  # 0.04 of the frame around (0.5, 0.25): four bins per axis
     elif codec == "tokens":
         (obj,) = processor.codec.parse(text)
         assert obj.box_norm[0] < 0.5 < obj.box_norm[2] and obj.box_norm[1] < 0.25 < obj.box_norm[3]
@@ -92,3 +92,14 @@ def test_nextchat_dry_run_trains_boxes_then_only_the_mask_decoder(tmp_path):
     assert lm.model.location_heads.mask_decoder is not None
     answer = lm.ask(scene_at("val", 0).image, "[refer] the red circle", max_new_tokens=3)
     assert all(o.mask is not None for o in answer.objects)
+
+
+def test_an_embedding_answer_sent_back_as_text_drops_its_boxless_locations():
+    model, processor = build_model(dataclasses.replace(get_preset("tiny"), location_codec="embedding"))
+    history = [
+        {"role": "user", "content": "[refer] the red circle"},
+        {"role": "assistant", "content": "<p> red circle </p> <at> <boxes>"},  # as an API client sends it back
+        {"role": "user", "content": "[identify] what is <box:0>"},
+    ]
+    enc = processor.prompt(scene_at("val", 0).image, history, [[1, 1, 9, 9]])
+    assert enc.input_ids.count(processor.trigger_token_id) == 0 and len(enc.slot_boxes) == 1

@@ -13,6 +13,7 @@ It joins the three pieces that decide what the model sees:
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -143,6 +144,10 @@ class GroundLMProcessor:
             if role == "assistant" and not content.strip():
                 raise ValueError(f"messages[{i}].content: empty assistant answer; there is nothing to learn")
             output = role == "assistant"
+            if self.embeds_locations:
+                # An earlier answer sent back as text (an API client's history) has lost its boxes: the text
+                # holds only `<at> <boxes>`. Its locations are dropped rather than fed without a box.
+                content = _LITERAL_LOCATION.sub("", content)
             if self.embeds_locations and BOX_SLOT.search(content):
                 in_order = self.codec.slot_boxes(content, [frame.normalize(b) for b in boxes] if frame else [])
                 slot_boxes += in_order
@@ -303,6 +308,9 @@ class GroundLMProcessor:
             raise ValueError(f"{path}: invalid processor config: {err}") from err
         tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
         return cls(tokenizer, config)
+
+
+_LITERAL_LOCATION = re.compile(r"<\s*at\s*>|<\s*boxes\s*>")
 
 
 def _content(message) -> str:

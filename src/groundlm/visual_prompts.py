@@ -5,10 +5,11 @@ whichever codec the model uses (text `{<x1><y1><x2><y2>}`, four `<loc_k>` tokens
 embedding the box encoder makes). A click becomes a small box centred on it, so it takes the same path in
 every codec and needs no model of its own.
 
-Size of a click's box: a square of side `POINT_BOX_SIDE` = 0.02 of the model's input frame (1% each way).
-LLaVA-Grounding's demo turns a click into a 0.006 × 0.006 box for its Semantic-SAM prompt encoder; with the
-text codec's 100 bins such a box collapses into one bin (x1 == x2), so groundlm uses the smallest side that
-keeps two distinct bins, which is still a point for any object the model can name.
+Size of a click's box: a square of side `POINT_BOX_SIDE` = 0.04 of the model's input frame (2% each way), the
+size the web page (`serve/web.py`) gives a clicked point (4% of the image's longer side), so a click means the
+same in the API and on the page. LLaVA-Grounding's demo turns a click into a 0.006 × 0.006 box for its
+Semantic-SAM prompt encoder; with the text codec's 100 bins such a box collapses into one bin (x1 == x2), while
+0.04 keeps four bins per axis and is still a point for any object the model can name.
 
 In prompts, `<point:j>` points at `points[j]` ([x, y] in original pixels); it is rewritten to a `<box:k>`
 slot whose box is appended after the given boxes.
@@ -21,7 +22,7 @@ from collections.abc import Sequence
 
 from .geometry import Box, Frame
 
-POINT_BOX_SIDE = 0.02
+POINT_BOX_SIDE = 0.04
 POINT_SLOT = re.compile(r"<point:(\d+)>")
 
 
