@@ -185,3 +185,9 @@ def test_embedding_processor_emits_boxes_in_sequence_order_and_masks_slots():
     assert set(text_processor.pad([_encoded(text_processor, ("refer",))[0][1]])) == {
         "input_ids", "attention_mask", "labels", "pixel_values"
     }
+
+
+def test_sincos_coordinate_init_is_refused_for_codecs_without_coordinate_tokens():
+    for codec in ("tokens", "embedding"):
+        with pytest.raises(ValueError, match="for the text codec"):
+            build_model(dataclasses.replace(get_preset("tiny"), location_codec=codec, coordinate_init="sincos"))

@@ -157,6 +157,9 @@ def build_model(
     )
     torch.manual_seed(seed)
     model = GroundLMForConditionalGeneration(config).eval()
+    if p.coordinate_init == "sincos" and p.location_codec != "text":
+        # The code is laid out for the text codec's `<0>`..`<bins>`; other codecs have no such rows.
+        raise ValueError(f"coordinate_init 'sincos' is for the text codec, not {p.location_codec!r}")
     if p.coordinate_init == "sincos":
         init_coordinate_embeddings(model, processor)
     elif p.coordinate_init != "random":
