@@ -1,4 +1,4 @@
-"""Run one step of the shipped shapes recipe (fp32) and save what the two-process test compares.
+"""Run one step of the shipped shapes recipe's LM stage (fp32) and save what the two-process test compares.
 
     python tests/train_dist_worker.py OUT BATCH RESULT               # one process
     torchrun --standalone --nproc_per_node 2 tests/train_dist_worker.py OUT BATCH RESULT
@@ -26,6 +26,8 @@ from groundlm.train.params import named_parameters  # noqa: E402
 def main() -> None:
     out, batch, result = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     recipe = override_steps(load_recipe("shapes"), 1)
+    # The recipe's language-model stage (its first stage pretrains the tower with dense_patches).
+    recipe.stages = [s for s in recipe.stages if s.objective == "lm"][:1]
     stage = recipe.stages[0]
     stage.batch_size = batch
     stage.precision = "fp32"
