@@ -15,6 +15,7 @@ in a row stop the run with a checkpoint, as does Ctrl-C (or SIGTERM).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -42,6 +43,8 @@ from .control import RunState, StopSignal, TrainHooks, TrainingStopped
 from .dense import HEAD, DenseTargets, build_dense_model, dense_losses
 from .location_objective import TERMS_ATTRIBUTE, lm_location_losses
 from .monitor import MetricsLog, Progress, rewind_metrics
+from .optim import adamw
+from .packing import SubBatch, split_by_length
 from .params import (
     configure_trainable,
     load_trained_state,
@@ -314,9 +317,7 @@ def _run_stage(run: _Run, index: int) -> None:
     data = build_sources(stage.data, processor, f"{recipe.name}: stages[{index}]")
     # One global batch of batch_size x processes per micro-step; each process takes its slice.
     mixture = Mixture(data.sources, seed=recipe.seed * 1000 + index, batch_size=stage.batch_size * run.world)
-    optimizer = torch.optim.AdamW(
-        [{k: v for k, v in g.items() if k != "names"} for g in groups], betas=(0.9, 0.999)
-    )
+    optimizer = adamw([{k: v for k, v in g.items() if k != "names"} for g in groups], betas=(0.9, 0.999))
     scheduler = get_cosine_with_min_lr_schedule_with_warmup(
         optimizer, stage.warmup_steps, stage.steps, min_lr_rate=stage.min_lr_ratio
     )
@@ -436,13 +437,23 @@ def _step(ctx: _StageContext, bar: Progress) -> None:
     loss_sum = 0.0
     task_sums: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
     for (_source, batch, tasks), counts in zip(micro, units, strict=True):
+        # group_by_length: one forward/backward per length-grouped sub-batch (train/packing.py)
+        parts = [SubBatch(list(range(len(tasks))), batch)]
+        if stage.group_by_length:
+            parts = split_by_length(batch, ctx.processor.image_token_id)
+        per_sample = torch.zeros(len(tasks))  # [B]
         with acc.accumulate(ctx.model):
-            per_sample = objective_losses(stage, ctx.model, batch)  # [B]
-            loss = per_sample.sum() * scale
-            if run.hooks.loss is not None:
-                loss = run.hooks.loss(step, loss)
-            acc.backward(loss)
-        loss_sum += float(loss.detach()) / scale
+            for j, part in enumerate(parts):
+                # DDP all-reduces on the micro-step's last backward only (no_sync is a no-op on one process)
+                last = j == len(parts) - 1
+                with contextlib.nullcontext() if last else acc.no_sync(ctx.model):
+                    part_losses = objective_losses(stage, ctx.model, part.batch)  # [B_part]
+                    loss = part_losses.sum() * scale
+                    if run.hooks.loss is not None:
+                        loss = run.hooks.loss(step, loss)
+                    acc.backward(loss)
+                per_sample[part.rows] = part_losses.detach().float().cpu()
+                loss_sum += float(loss.detach()) / scale
         for task, total, count in zip(tasks, per_sample.detach().tolist(), counts.tolist(), strict=True):
             task_sums[task][0] += total
             task_sums[task][1] += count

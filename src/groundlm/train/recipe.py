@@ -136,6 +136,8 @@ class StageSpec:
     max_grad_norm: float | None = 1.0
     precision: str = "fp32"
     gradient_checkpointing: bool = False
+    # Cut each micro-batch into length-grouped sub-batches (train/packing.py): less padding, same loss.
+    group_by_length: bool = False
     save_every: int = 0  # optimizer steps between checkpoints (0: only at the end of the stage)
     max_nonfinite: int = 5  # this many non-finite losses in a row stop the run
 
@@ -418,9 +420,19 @@ def load_recipe(name_or_path: str | Path, *, world_size: int = 1) -> Recipe:
     return from_dict(data, str(path), world_size=world_size)
 
 
+# Stage fields that change speed, not results, left out of the saved recipe at their default, so a run
+# checkpointed before they existed still resumes (resume compares the saved YAML).
+_SPEED_FIELDS = {"group_by_length": False}
+
+
 def to_dict(recipe: Recipe) -> dict:
-    """The recipe as plain data (every field, defaults filled), ready for YAML."""
-    return dataclasses.asdict(recipe)
+    """The recipe as plain data (every field, defaults filled; speed-only fields at their default left out)."""
+    data = dataclasses.asdict(recipe)
+    for stage in data["stages"]:
+        for name, default in _SPEED_FIELDS.items():
+            if stage.get(name) == default:
+                del stage[name]
+    return data
 
 
 def to_yaml(recipe: Recipe) -> str:
