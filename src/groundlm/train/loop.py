@@ -54,6 +54,7 @@ from .params import (
     set_train_modes,
     trained_state,
 )
+from .precision import resolve_precision
 from .recipe import LoraSpec, Recipe, StageSpec, to_yaml
 from .sources import StageData, build_sources
 
@@ -260,7 +261,7 @@ def _accelerator(stage: StageSpec, cpu: bool) -> Accelerator:
     # A forward may leave trainable weights unused: tower layers after the selected feature layer, the
     # Q-Former's text-only feed-forward. DDP must be told, at the cost of one graph traversal per step.
     return Accelerator(
-        mixed_precision="bf16" if stage.precision == "bf16" else "no",
+        mixed_precision="bf16" if resolve_precision(stage.precision) == "bf16" else "no",
         gradient_accumulation_steps=stage.grad_accum,
         cpu=cpu,
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],

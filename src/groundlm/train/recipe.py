@@ -37,10 +37,10 @@ import yaml
 from ..data.shapes import SHAPES_TASKS, ShapesConfig
 from ..modeling.config import CONNECTORS, FRAMES, IMAGE_POSITION_EMBEDDINGS
 from ..templates import TEMPLATES
+from .precision import PRECISIONS
 
 # Stage objectives the loop knows; `loop.run_stage` dispatches on this with a plain if.
 OBJECTIVES = ("lm", "dense_patches")
-PRECISIONS = ("fp32", "bf16")
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -134,7 +134,7 @@ class StageSpec:
     min_lr_ratio: float = 0.0  # the cosine ends at lr x min_lr_ratio
     weight_decay: float = 0.0  # on weights with >= 2 dims only (biases and norms never decay)
     max_grad_norm: float | None = 1.0
-    precision: str = "fp32"
+    precision: str = "fp32"  # fp32 | bf16 (autocast) | auto (bf16 where the hardware has it: train/precision.py)
     gradient_checkpointing: bool = False
     # Cut each micro-batch into length-grouped sub-batches (train/packing.py): less padding, same loss.
     group_by_length: bool = False
