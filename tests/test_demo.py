@@ -11,28 +11,57 @@ import pytest
 from typer.testing import CliRunner
 
 import groundlm
+from groundlm import calibrate
+from groundlm.calibrate import stage_speeds
 from groundlm.cli import app
-from groundlm.demo import REFERENCE_MINUTES, DemoConfig, run_demo, scale_recipe
+from groundlm.demo import DEFAULT_MINUTES, EVAL_MINUTES, OVERHEAD_MINUTES, DemoConfig, run_demo, scale_recipe
 from groundlm.train import load_recipe
+from groundlm.train.recipe import from_dict
 
-from .train_helpers import one_thread  # noqa: F401 (fixture)
+from .train_helpers import one_thread, tiny_recipe  # noqa: F401 (fixture)
 
 
 def test_the_budget_scales_every_stage_deterministically():
     recipe = load_recipe("shapes")
-    full, factor = scale_recipe(recipe, REFERENCE_MINUTES, seed=0)
+    # Speeds at which the recipe's own steps take exactly the default budget's training time.
+    fixed = EVAL_MINUTES + OVERHEAD_MINUTES
+    speeds = {"vision": 1.0, "tasks": 1.0}
+    seconds = sum(s.steps * s.batch_size for s in recipe.stages)
+    speeds = {k: seconds / ((DEFAULT_MINUTES - fixed) * 60) for k in speeds}
+    full, factor = scale_recipe(recipe, DEFAULT_MINUTES, seed=0, speeds=speeds)
     assert factor == pytest.approx(1.0)
     assert [s.steps for s in full.stages] == [s.steps for s in recipe.stages]
-    half, factor = scale_recipe(recipe, REFERENCE_MINUTES / 2, seed=5)
+    # A machine twice as fast gets twice the steps in the same budget.
+    double, factor = scale_recipe(
+        recipe, DEFAULT_MINUTES, seed=0, speeds={k: 2 * v for k, v in speeds.items()}
+    )
+    assert factor == pytest.approx(2.0)
+    half, factor = scale_recipe(recipe, DEFAULT_MINUTES / 2, seed=5, speeds=speeds)
     assert 0.4 < factor < 0.5 and half.seed == 5
     assert [s.steps for s in half.stages] == [round(s.steps * factor) for s in recipe.stages]
-    assert scale_recipe(recipe, 0.01, seed=0)[0].stages[0].steps == 2  # every stage still runs
+    assert scale_recipe(recipe, 0.01, seed=0, speeds=speeds)[0].stages[0].steps == 2  # every stage still runs
     with pytest.raises(ValueError, match="positive"):
-        scale_recipe(recipe, 0, seed=0)
+        scale_recipe(recipe, 0, seed=0, speeds=speeds)
+    with pytest.raises(ValueError, match="no speed"):
+        scale_recipe(recipe, 10, seed=0, speeds={"vision": 1.0})
+
+
+def test_speeds_are_measured_once_per_machine_and_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("GROUNDLM_CACHE", str(tmp_path / "cache"))
+    recipe = from_dict(tiny_recipe(8), "test")
+    speeds, measured = stage_speeds(recipe)
+    assert measured and set(speeds) == {"lm"} and speeds["lm"] > 0
+    calls = []
+    monkeypatch.setattr(calibrate, "measure_speeds", lambda *a, **k: calls.append(1) or {"lm": 1.0})
+    assert stage_speeds(recipe) == (speeds, False) and not calls  # read back, not measured again
+    (tmp_path / "cache" / "speeds.json").write_text('{"torn')  # a torn cache is measured again
+    assert stage_speeds(recipe) == ({"lm": 1.0}, True) and calls == [1]
 
 
 def test_demo_pipeline_at_a_tiny_budget(tmp_path, monkeypatch):
-    # The shapes recipe at 2 steps per stage, evaluated on 3 test scenes (one prompt per task each).
+    # The shapes recipe at 2 steps per stage, evaluated on 3 test scenes (one prompt per task each); the
+    # first run on a "new machine" (an empty cache) measures its speeds first.
+    monkeypatch.setenv("GROUNDLM_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "demo"
     metrics = run_demo(DemoConfig(out=out, minutes=0.01, eval_scenes=3, progress=False))
     tasks = {"caption", "vqa", "refer", "identify", "grounding", "detection", "segmentation", "region_chat"}
@@ -43,6 +72,7 @@ def test_demo_pipeline_at_a_tiny_budget(tmp_path, monkeypatch):
     info = json.loads((out / "demo.json").read_text())
     assert [s["stage"] for s in info["stages"]] == [s.name for s in load_recipe("shapes").stages]
     assert all(s["steps"] == 2 for s in info["stages"])
+    assert info["speeds_measured_now"] and set(info["stage_speeds"]) == {"vision", "tasks"}
     lm = groundlm.load(out / "model")
     assert lm.model.config.image_position_embedding == "sincos2d"
     # A second demo into the same folder replaces the first; any other non-empty folder is refused.

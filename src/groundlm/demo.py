@@ -1,10 +1,10 @@
 """`groundlm demo`: train the `shapes` recipe from scratch, evaluate every task, write a report, keep the model.
 
-The recipe's steps are calibrated for `REFERENCE_MINUTES` of wall time on the reference machine (2 CPU cores;
-docs/recipes.md gives the measurements). A budget (`--minutes N`, `--quick`) scales every stage's steps by the
-same factor: (N - evaluation time) / (reference - evaluation time). Steps come from that arithmetic and never
-from a clock, so the same seed gives the same model and the same metrics on the same machine; a slower
-machine takes longer instead of training less.
+The recipe's steps set each stage's share of the training; `--minutes N` (default `DEFAULT_MINUTES`) scales
+them all by one factor so that training, evaluation and start-up fill N minutes on this machine. The factor
+comes from this machine's speed per stage, measured once by a few real steps and cached (`calibrate.py`),
+never from a clock during the run: the same seed gives the same model and the same metrics on the same
+machine, and the budget holds on a machine twice as fast or twice as slow.
 
 What a run writes into OUT (default `runs/demo`):
 
@@ -27,17 +27,20 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .calibrate import stage_speeds, training_minutes
 from .evaluate.runner import EvalConfig, evaluate
 from .train import load_recipe, train
 from .train.recipe import Recipe
 
-# The shapes recipe's steps fill this much wall time on the reference machine, evaluation included.
-REFERENCE_MINUTES = 15.0
+# The budget of `groundlm demo` without --minutes: training, evaluation and start-up.
+DEFAULT_MINUTES = 15.0
 QUICK_MINUTES = 2.0
 # Evaluating 100 test scenes (800 prompts) takes about this long on the reference machine; it does not scale
 # with the budget, so it is taken out before the training steps are scaled.
 EVAL_MINUTES = 0.5
-QUICK_EVAL_SCENES = 25  # --quick evaluates the first 25 test scenes (200 prompts), so training keeps its share
+QUICK_EVAL_SCENES = (
+    25  # --quick evaluates the first 25 test scenes (200 prompts), so training keeps its share
+)
 # Model building, the data's first touch, saving, and the report.
 OVERHEAD_MINUTES = 1.0
 EVAL_SCENES = 100
@@ -57,7 +60,7 @@ class DemoConfig:
     """What `groundlm demo` runs."""
 
     out: Path = Path("runs/demo")
-    minutes: float | None = None  # the wall-time budget; None: REFERENCE_MINUTES (or QUICK_MINUTES)
+    minutes: float | None = None  # the wall-time budget; None: DEFAULT_MINUTES (or QUICK_MINUTES)
     quick: bool = False
     seed: int = 0
     recipe: str = "shapes"
@@ -75,24 +78,28 @@ def budget_minutes(config: DemoConfig) -> float:
     """The budget the schedule is sized for."""
     if config.minutes is not None:
         return float(config.minutes)
-    return QUICK_MINUTES if config.quick else REFERENCE_MINUTES
+    return QUICK_MINUTES if config.quick else DEFAULT_MINUTES
 
 
 def scale_recipe(
-    recipe: Recipe, minutes: float, *, seed: int, eval_scenes: int = EVAL_SCENES
+    recipe: Recipe,
+    minutes: float,
+    *,
+    seed: int,
+    speeds: dict[str, float],
+    eval_scenes: int = EVAL_SCENES,
 ) -> tuple[Recipe, float]:
     """A copy of `recipe` whose stages fit `minutes` of wall time; returns it and the step factor.
 
-    Every stage keeps its share of the training time: its steps (and warmup) are multiplied by
-    (minutes - fixed costs) / (REFERENCE_MINUTES - fixed costs of the full demo), the fixed costs being the
-    evaluation of `eval_scenes` scenes and start-up. At least 2 steps per stage, so even a tiny budget runs
-    every stage.
+    `speeds` are this machine's samples/s per stage (`calibrate.stage_speeds`). Every stage keeps its share
+    of the steps: all are multiplied by (minutes - fixed costs) / (the recipe's training minutes at
+    `speeds`), the fixed costs being the evaluation of `eval_scenes` scenes and start-up. At least 2 steps
+    per stage, so even a tiny budget runs every stage.
     """
     if minutes <= 0:
         raise ValueError(f"--minutes must be positive, got {minutes}")
     fixed = EVAL_MINUTES * eval_scenes / EVAL_SCENES + OVERHEAD_MINUTES
-    reference = REFERENCE_MINUTES - EVAL_MINUTES - OVERHEAD_MINUTES
-    factor = max(minutes - fixed, 0.0) / reference
+    factor = max(minutes - fixed, 0.0) / training_minutes(recipe, speeds)
     stages = []
     for stage in recipe.stages:
         steps = max(2, round(stage.steps * factor))
@@ -140,14 +147,12 @@ def targets_table(metrics: dict[str, dict]) -> str:
 def _write_report(out: Path, info: dict, metrics: dict) -> Path:
     """Put the demo's summary in front of the evaluation report that `evaluate` wrote to OUT/report.md."""
     evaluation = (out / "report.md").read_text() if (out / "report.md").exists() else ""
-    stage_rows = "\n".join(
-        f"| {s['stage']} | {s['steps']} | {s['final_loss']} |" for s in info["stages"]
-    )
+    stage_rows = "\n".join(f"| {s['stage']} | {s['steps']} | {s['final_loss']} |" for s in info["stages"])
     parts = [
         "# groundlm demo",
         "",
         f"Recipe `{info['recipe']}`, seed {info['seed']}, budget {info['budget_minutes']:g} min "
-        f"(steps × {info['step_factor']:.3f} of the recipe's {REFERENCE_MINUTES:g}-minute schedule). "
+        f"(the recipe's steps × {info['step_factor']:.3f}, fitted to this machine's speed). "
         f"Wall time: training {info['train_seconds'] / 60:.1f} min, evaluation "
         f"{info['eval_seconds'] / 60:.1f} min, total {info['total_seconds'] / 60:.1f} min.",
         "",
@@ -178,12 +183,15 @@ def _write_report(out: Path, info: dict, metrics: dict) -> Path:
 
 def run_demo(config: DemoConfig) -> dict:
     """Train, evaluate and report; returns the evaluation metrics (also in OUT/metrics.json)."""
-    start = time.perf_counter()
     out = Path(config.out)
     _prepare_out(out)
     minutes = budget_minutes(config)
     scenes = config.scenes()
-    recipe, factor = scale_recipe(load_recipe(config.recipe), minutes, seed=config.seed, eval_scenes=scenes)
+    recipe = load_recipe(config.recipe)
+    # The first demo on a machine measures its speed (set-up, like the install); the budget starts after it.
+    speeds, measured = stage_speeds(recipe, progress=config.progress)
+    start = time.perf_counter()
+    recipe, factor = scale_recipe(recipe, minutes, seed=config.seed, speeds=speeds, eval_scenes=scenes)
     model_dir = train(recipe, out, progress=config.progress)
     trained = time.perf_counter()
 
@@ -197,6 +205,9 @@ def run_demo(config: DemoConfig) -> dict:
         "seed": config.seed,
         "budget_minutes": minutes,
         "step_factor": factor,
+        "stage_speeds": speeds,  # samples/s per stage on this machine (calibrate.py), cached
+        "speeds_measured_now": measured,
+        "steps": {s.name: s.steps for s in recipe.stages},
         "eval_scenes": scenes,
         "stages": _stage_summary(out),
         "train_seconds": round(trained - start, 1),

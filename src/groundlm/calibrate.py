@@ -1,0 +1,99 @@
+"""How fast this machine trains each stage of a recipe: measured once, cached, reused.
+
+`groundlm demo --minutes N` fits a recipe's schedule to N minutes. Machines differ by more than 2x (bf16
+autocast is ~1.9x faster than fp32 where the CPU has native bf16, and ~100x slower where it has not), so a
+schedule calibrated on one machine overruns or underuses another. The first demo on a machine therefore
+trains a few steps of every stage and records the samples/s of each; later runs read the record, so the
+same seed gives the same steps, the same model and the same metrics on the same machine. Delete the cache
+file (or set `GROUNDLM_CACHE`) to measure again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .train import train
+from .train.monitor import read_metrics
+from .train.precision import resolve_precision
+from .train.recipe import Recipe, override_steps
+
+PROBE_STEPS = 8  # per stage; the first WARMUP_STEPS are not timed (allocation, first touch of the data)
+WARMUP_STEPS = 3
+
+
+def cache_path() -> Path:
+    """The speed cache: $GROUNDLM_CACHE/speeds.json, else ~/.cache/groundlm/speeds.json (XDG_CACHE_HOME)."""
+    root = os.environ.get("GROUNDLM_CACHE")
+    if root is None:
+        root = str(Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "groundlm")
+    return Path(root) / "speeds.json"
+
+
+def machine_key(recipe: Recipe) -> str:
+    """What the speeds depend on: the recipe (name and stages), the CPU, the threads, precision, torch."""
+    cpu = torch.cpu.get_capabilities().get("cpu_name", "") if hasattr(torch.cpu, "get_capabilities") else ""
+    stages = ",".join(
+        f"{s.name}:{s.batch_size}:{resolve_precision(s.precision)}:{s.objective}" for s in recipe.stages
+    )
+    return "|".join(
+        [
+            recipe.name,
+            stages,
+            cpu or platform.processor(),
+            f"threads={torch.get_num_threads()}",
+            torch.__version__,
+        ]
+    )
+
+
+def measure_speeds(recipe: Recipe, *, progress: bool = False) -> dict[str, float]:
+    """Samples/s of every stage of `recipe` on this machine, from PROBE_STEPS real training steps each."""
+    probe = override_steps(recipe, PROBE_STEPS)
+    with tempfile.TemporaryDirectory(prefix="groundlm-probe-") as tmp:
+        train(probe, Path(tmp) / "run", progress=progress)
+        rows = read_metrics(Path(tmp) / "run" / "metrics.jsonl")
+    speeds = {}
+    for stage in recipe.stages:
+        timed = [r["samples_per_s"] for r in rows if r["stage"] == stage.name][WARMUP_STEPS:]
+        if not timed:
+            raise RuntimeError(f"the speed probe logged no timed step for stage {stage.name!r}")
+        speeds[stage.name] = float(statistics.median(timed))
+    return speeds
+
+
+def stage_speeds(recipe: Recipe, *, progress: bool = False) -> tuple[dict[str, float], bool]:
+    """This machine's samples/s per stage of `recipe`: from the cache, else measured and cached.
+
+    Returns the speeds and whether they were measured now.
+    """
+    path = cache_path()
+    key = machine_key(recipe)
+    try:
+        cache = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        cache = {}  # no cache yet, or a torn one: measure again
+    if key in cache:
+        return {k: float(v) for k, v in cache[key].items()}, False
+    speeds = measure_speeds(recipe, progress=progress)
+    cache[key] = speeds
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(cache, indent=2) + "\n")
+    tmp.replace(path)  # atomic: a crash leaves the old cache
+    return speeds, True
+
+
+def training_minutes(recipe: Recipe, speeds: dict[str, float]) -> float:
+    """Minutes `recipe`'s stages take at `speeds` (samples/s per stage)."""
+    missing = [s.name for s in recipe.stages if s.name not in speeds]
+    if missing:
+        raise ValueError(f"no speed for stages {missing}")
+    seconds = sum(s.steps * s.batch_size * s.grad_accum / speeds[s.name] for s in recipe.stages)
+    return seconds / 60.0
