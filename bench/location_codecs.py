@@ -12,7 +12,7 @@ codec with random coordinate-token rows so none starts with a head start), then 
   (`ask_many` on the REC prompts, samples/s).
 
     .venv/bin/python bench/location_codecs.py --out runs/codecs [--codecs text,tokens,embedding]
-        [--steps N] [--scenes 200] [--threads 2]
+        [--steps N | --scale F] [--scenes 200] [--threads 2]
 
 It writes `runs/codecs/<codec>/` (the training run and its evaluation) and prints a Markdown table for
 docs/location-codecs.md. It needs a quiet machine: a full run is three demo trainings (~15 min each on two
@@ -42,7 +42,7 @@ from groundlm.train.recipe import ShapesSpec, SourceSpec, override_steps
 CODECS = ("text", "tokens", "embedding")
 
 
-def codec_recipe(codec: str, steps: int | None):
+def codec_recipe(codec: str, steps: int | None, scale: float = 1.0):
     """The `shapes` recipe with `codec`; the embedding codec gets a mask decoder and a mask-only last stage."""
     recipe = load_recipe("shapes")
     head = {"mask_decoder": True} if codec == "embedding" else None
@@ -61,6 +61,12 @@ def codec_recipe(codec: str, steps: int | None):
             steps=max(last.steps // 4, 1),
         )
         recipe.stages = [*recipe.stages, masks]
+    if scale != 1.0:  # every stage keeps its share of the budget, as `groundlm demo --minutes` does
+        recipe.stages = [
+            dataclasses.replace(s, steps=max(2, round(s.steps * scale)),
+                                warmup_steps=round((s.warmup_steps or 0) * scale))
+            for s in recipe.stages
+        ]
     return override_steps(recipe, steps) if steps else recipe
 
 
@@ -115,6 +121,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/codecs"))
     parser.add_argument("--codecs", default=",".join(CODECS))
     parser.add_argument("--steps", type=int, default=None, help="override every stage's steps (smoke runs)")
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply every stage's steps (a smaller budget)")
     parser.add_argument("--scenes", type=int, default=200, help="test scenes to evaluate")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
@@ -126,7 +133,7 @@ def main() -> None:
         out = args.out / codec
         model_dir = out / "model"
         if not model_dir.is_dir():
-            train(codec_recipe(codec, args.steps), out, progress=True)
+            train(codec_recipe(codec, args.steps, args.scale), out, progress=True)
         lm = load(model_dir)
         metrics = evaluate(lm, out / "eval", EvalConfig(benchmark="shapes", scenes=args.scenes))
         speed = [r["samples_per_s"] for r in read_metrics(out / "metrics.jsonl") if r["stage"] == "tasks"]

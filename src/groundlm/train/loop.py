@@ -56,22 +56,28 @@ from .params import (
 )
 from .precision import resolve_precision
 from .recipe import LoraSpec, Recipe, StageSpec, to_yaml
+from .soft_targets import coordinate_token_ids, soft_coordinate_losses
 from .sources import StageData, build_sources
 
 # ------------------------------------------------------------------------------------------------------------
 # Objectives
 
 
-def lm_token_losses(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+def lm_token_losses(
+    model: nn.Module, batch: dict[str, torch.Tensor], soft: tuple[torch.Tensor, float] | None = None
+) -> torch.Tensor:
     """Next-token cross-entropy per position, [B, T-1], zero where the label is -100.
 
     Computed here rather than by the language model so the loop can weigh tokens across processes and
-    report a loss per sample (per task).
+    report a loss per sample (per task). `soft` = (coordinate token ids, sigma) gives coordinate tokens
+    Gaussian targets (train/soft_targets.py).
     """
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     inputs["use_cache"] = False  # no generation here; a cache would only cost memory
     logits = model(**inputs).logits  # [B, T, V]
     targets = batch["labels"][:, 1:]  # [B, T-1]
+    if soft is not None:
+        return soft_coordinate_losses(logits[:, :-1], targets, soft[0], soft[1], IGNORE_INDEX)
     return F.cross_entropy(
         logits[:, :-1].float().transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none"
     )
@@ -92,13 +98,22 @@ def objective_units(objective: str, batch: dict[str, torch.Tensor]) -> torch.Ten
     raise ValueError(f"unknown objective {objective!r}")  # recipe.py validates; a new objective lands here
 
 
-def objective_losses(stage: StageSpec, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Summed loss per sample, [B]: for `lm`, the token cross-entropy over the answer tokens; for
-    `dense_patches`, the per-patch losses of train/dense.py (`model` is then the tower + head)."""
+def objective_losses(
+    stage: StageSpec,
+    model: nn.Module,
+    batch: dict[str, torch.Tensor],
+    coordinate_ids: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Summed loss per sample, [B]: for `lm`, the token cross-entropy over the answer tokens (soft targets
+    on `coordinate_ids` with the stage's `coordinate_sigma`); for `dense_patches`, the per-patch losses of
+    train/dense.py (`model` is then the tower + head)."""
     if stage.objective == "lm":
-        if "trigger_boxes" in batch:  # embedding codec: + box/cycle(/mask) losses (train/location_objective.py)
+        if (
+            "trigger_boxes" in batch
+        ):  # embedding codec: + box/cycle(/mask) losses (train/location_objective.py)
             return lm_location_losses(model, batch)
-        return lm_token_losses(model, batch).sum(1)
+        soft = (coordinate_ids, stage.coordinate_sigma) if stage.coordinate_sigma else None
+        return lm_token_losses(model, batch, soft).sum(1)
     if stage.objective == "dense_patches":
         return dense_losses(model, batch, stage.dense)
     raise ValueError(f"unknown objective {stage.objective!r}")
@@ -296,7 +311,9 @@ def _run_stage(run: _Run, index: int) -> None:
         head = target.dense_head
         if resuming and run.head_state:
             head.load_state_dict({k[len(HEAD) + 1 :]: v for k, v in run.head_state.items()})
-        head_lr = stage.dense.head_lr or max(stage.train.values(), default=stage.lora.lr if stage.lora else 1e-3)
+        head_lr = stage.dense.head_lr or max(
+            stage.train.values(), default=stage.lora.lr if stage.lora else 1e-3
+        )
         for decay in (True, False):
             members = [(n, p) for n, p in head.named_parameters() if (p.ndim >= 2) == decay]
             groups.append(
@@ -357,6 +374,7 @@ def _run_stage(run: _Run, index: int) -> None:
         trainable,
         head,
         targets,
+        coordinate_token_ids(processor) if stage.coordinate_sigma else None,
     )
     try:
         while state.stage_step < stage.steps:
@@ -391,6 +409,7 @@ class _StageContext:
     trainable: list[nn.Parameter]
     head: nn.Module | None = None  # dense_patches: the training-only head (saved in checkpoints only)
     targets: DenseTargets | None = None  # dense_patches: per-patch targets of the samples
+    coordinate_ids: torch.Tensor | None = None  # coordinate_sigma: the coordinate tokens in value order, [K]
 
 
 def _reduce(ctx: _StageContext, values: list[float]) -> list[float]:
@@ -448,7 +467,9 @@ def _step(ctx: _StageContext, bar: Progress) -> None:
                 # DDP all-reduces on the micro-step's last backward only (no_sync is a no-op on one process)
                 last = j == len(parts) - 1
                 with contextlib.nullcontext() if last else acc.no_sync(ctx.model):
-                    part_losses = objective_losses(stage, ctx.model, part.batch)  # [B_part]
+                    part_losses = objective_losses(
+                        stage, ctx.model, part.batch, ctx.coordinate_ids
+                    )  # [B_part]
                     loss = part_losses.sum() * scale
                     if run.hooks.loss is not None:
                         loss = run.hooks.loss(step, loss)
@@ -501,7 +522,9 @@ def _step(ctx: _StageContext, bar: Progress) -> None:
                 "nonfinite": state.nonfinite_total,
                 "source": sorted({m[0] for m in micro}),
                 # embedding codec: this process's last micro-batch's location terms (box_l1, box_giou, ...)
-                **({"location_losses": terms} if (terms := getattr(run.model, TERMS_ATTRIBUTE, None)) else {}),
+                **(
+                    {"location_losses": terms} if (terms := getattr(run.model, TERMS_ATTRIBUTE, None)) else {}
+                ),
             }
         )
     bar.update(step_loss if finite else None, max(lrs.values()), speed)

@@ -62,7 +62,9 @@ class ModelSpec:
     dtype: str = "float32"  # dtype the pretrained parts are loaded in
     image_position_embedding: str | None = None  # none | sincos2d (None: the preset's / none)
     coordinate_init: str | None = None  # presets only: random | sincos (None: the preset's)
-    vision_feature_norm: bool | None = None  # presets only: LayerNorm before the connector (None: the preset's)
+    vision_feature_norm: bool | None = (
+        None  # presets only: LayerNorm before the connector (None: the preset's)
+    )
     location_codec: str | None = None  # text | tokens | embedding (None: the preset's / text)
     location_bins: int | None = None  # bins of the text / tokens codec (None: the preset's / 100)
     # embedding codec: LocationHeadConfig overrides (l1_weight, giou_weight, cycle_weight, mask_decoder, ...)
@@ -134,10 +136,14 @@ class StageSpec:
     min_lr_ratio: float = 0.0  # the cosine ends at lr x min_lr_ratio
     weight_decay: float = 0.0  # on weights with >= 2 dims only (biases and norms never decay)
     max_grad_norm: float | None = 1.0
-    precision: str = "fp32"  # fp32 | bf16 (autocast) | auto (bf16 where the hardware has it: train/precision.py)
+    precision: str = (
+        "fp32"  # fp32 | bf16 (autocast) | auto (bf16 where the hardware has it: train/precision.py)
+    )
     gradient_checkpointing: bool = False
     # Cut each micro-batch into length-grouped sub-batches (train/packing.py): less padding, same loss.
     group_by_length: bool = False
+    # lm: Gaussian targets of this std (bins) on coordinate tokens, so near misses cost less (soft_targets.py)
+    coordinate_sigma: float | None = None
     save_every: int = 0  # optimizer steps between checkpoints (0: only at the end of the stage)
     max_nonfinite: int = 5  # this many non-finite losses in a row stop the run
 
@@ -271,7 +277,10 @@ def _check_model(m: ModelSpec, where: str) -> None:
     if m.location_head is not None:
         from ..modeling.location_heads import LocationHeadConfig
 
-        known = {f.name for f in dataclasses.fields(LocationHeadConfig)} - {"trigger_token_id", "slot_token_id"}
+        known = {f.name for f in dataclasses.fields(LocationHeadConfig)} - {
+            "trigger_token_id",
+            "slot_token_id",
+        }
         if m.location_codec != "embedding" or set(m.location_head) - known:
             raise RecipeError(
                 f"{where}.location_head: needs location_codec embedding and fields among {sorted(known)}"
@@ -300,6 +309,10 @@ def _check_source(s: SourceSpec, where: str) -> None:
 def _check_stage(s: StageSpec, where: str) -> None:
     if s.objective not in OBJECTIVES:
         raise RecipeError(f"{where}.objective: {s.objective!r} is not one of {list(OBJECTIVES)}")
+    if s.coordinate_sigma is not None and not s.coordinate_sigma > 0:
+        raise RecipeError(
+            f"{where}.coordinate_sigma: must be a positive number of bins, got {s.coordinate_sigma!r}"
+        )
     if s.precision not in PRECISIONS:
         raise RecipeError(f"{where}.precision: {s.precision!r} is not one of {list(PRECISIONS)}")
     if s.template is not None and s.template not in TEMPLATES:
@@ -420,9 +433,9 @@ def load_recipe(name_or_path: str | Path, *, world_size: int = 1) -> Recipe:
     return from_dict(data, str(path), world_size=world_size)
 
 
-# Stage fields that change speed, not results, left out of the saved recipe at their default, so a run
-# checkpointed before they existed still resumes (resume compares the saved YAML).
-_SPEED_FIELDS = {"group_by_length": False}
+# Stage fields added after runs were checkpointed, left out of the saved recipe at their default, so such a
+# run still resumes (resume compares the saved YAML).
+_SPEED_FIELDS = {"group_by_length": False, "coordinate_sigma": None}
 
 
 def to_dict(recipe: Recipe) -> dict:
