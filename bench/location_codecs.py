@@ -15,8 +15,10 @@ codec with random coordinate-token rows so none starts with a head start), then 
         [--steps N | --scale F] [--scenes 200] [--threads 2]
 
 It writes `runs/codecs/<codec>/` (the training run and its evaluation) and prints a Markdown table for
-docs/location-codecs.md. It needs a quiet machine: a full run is three demo trainings (~15 min each on two
-cores); `--steps` shortens every stage for a smoke run (the numbers are then meaningless).
+docs/location-codecs.md. A full run is three trainings of the whole recipe (~27 min each on two AVX2-only
+cores in fp32); `--scale F` gives every stage F of its steps, `--steps` a fixed count for a smoke run (the
+numbers are then meaningless). `--speeds-only` re-measures the two throughputs of finished codecs: run it
+alone, since the training logs are only as quiet as the machine was.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from groundlm.calibrate import measure_speeds
 from groundlm.data.shapes import ShapesConfig, scene_at, scene_records
 from groundlm.evaluate.runner import EvalConfig, evaluate
 from groundlm.evaluate.segmentation import segmentation_scores
@@ -116,6 +119,18 @@ def res_ciou(lm: GroundLM, scenes: int) -> float | None:
     return segmentation_scores(preds, targets).ciou
 
 
+def remeasure_speeds(codec: str, out: Path) -> dict:
+    """Training (PROBE_STEPS of the task stage, calibrate.py) and generation samples/s of a finished codec,
+    written into its codec_summary.json: the training run's own log is only as quiet as the machine was."""
+    row = json.loads((out / "codec_summary.json").read_text())
+    recipe = codec_recipe(codec, None)
+    recipe.stages = [s for s in recipe.stages if s.name == "tasks"]
+    row["train_samples_per_s"] = measure_speeds(recipe)["tasks"]
+    row["generate_samples_per_s"] = generation_speed(load(out / "model"), 50)
+    (out / "codec_summary.json").write_text(json.dumps(row, indent=2) + "\n")
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("runs/codecs"))
@@ -124,6 +139,10 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every stage's steps (a smaller budget)")
     parser.add_argument("--scenes", type=int, default=200, help="test scenes to evaluate")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--speeds-only", action="store_true",
+        help="re-measure only the two throughputs of finished codecs, alone on a quiet machine",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     ShapesConfig()  # the default world: every codec sees the same scenes
@@ -132,6 +151,9 @@ def main() -> None:
     for codec in args.codecs.split(","):
         out = args.out / codec
         model_dir = out / "model"
+        if args.speeds_only:
+            rows.append(remeasure_speeds(codec, out))
+            continue
         if not model_dir.is_dir():
             train(codec_recipe(codec, args.steps, args.scale), out, progress=True)
         lm = load(model_dir)
