@@ -108,9 +108,8 @@ def objective_losses(
     on `coordinate_ids` with the stage's `coordinate_sigma`); for `dense_patches`, the per-patch losses of
     train/dense.py (`model` is then the tower + head)."""
     if stage.objective == "lm":
-        if (
-            "trigger_boxes" in batch
-        ):  # embedding codec: + box/cycle(/mask) losses (train/location_objective.py)
+        # embedding codec: + box/cycle(/mask) losses (train/location_objective.py)
+        if "trigger_boxes" in batch:
             return lm_location_losses(model, batch)
         soft = (coordinate_ids, stage.coordinate_sigma) if stage.coordinate_sigma else None
         return lm_token_losses(model, batch, soft).sum(1)
@@ -311,9 +310,7 @@ def _run_stage(run: _Run, index: int) -> None:
         head = target.dense_head
         if resuming and run.head_state:
             head.load_state_dict({k[len(HEAD) + 1 :]: v for k, v in run.head_state.items()})
-        head_lr = stage.dense.head_lr or max(
-            stage.train.values(), default=stage.lora.lr if stage.lora else 1e-3
-        )
+        head_lr = stage.dense.head_lr or max(stage.train.values(), default=stage.lora.lr if stage.lora else 1e-3)
         for decay in (True, False):
             members = [(n, p) for n, p in head.named_parameters() if (p.ndim >= 2) == decay]
             groups.append(
@@ -522,9 +519,7 @@ def _step(ctx: _StageContext, bar: Progress) -> None:
                 "nonfinite": state.nonfinite_total,
                 "source": sorted({m[0] for m in micro}),
                 # embedding codec: this process's last micro-batch's location terms (box_l1, box_giou, ...)
-                **(
-                    {"location_losses": terms} if (terms := getattr(run.model, TERMS_ATTRIBUTE, None)) else {}
-                ),
+                **({"location_losses": terms} if (terms := getattr(run.model, TERMS_ATTRIBUTE, None)) else {}),
             }
         )
     bar.update(step_loss if finite else None, max(lrs.values()), speed)

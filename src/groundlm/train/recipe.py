@@ -62,9 +62,7 @@ class ModelSpec:
     dtype: str = "float32"  # dtype the pretrained parts are loaded in
     image_position_embedding: str | None = None  # none | sincos2d (None: the preset's / none)
     coordinate_init: str | None = None  # presets only: random | sincos (None: the preset's)
-    vision_feature_norm: bool | None = (
-        None  # presets only: LayerNorm before the connector (None: the preset's)
-    )
+    vision_feature_norm: bool | None = None  # presets only: LayerNorm before the connector (None: the preset's)
     location_codec: str | None = None  # text | tokens | embedding (None: the preset's / text)
     location_bins: int | None = None  # bins of the text / tokens codec (None: the preset's / 100)
     # embedding codec: LocationHeadConfig overrides (l1_weight, giou_weight, cycle_weight, mask_decoder, ...)
@@ -136,9 +134,7 @@ class StageSpec:
     min_lr_ratio: float = 0.0  # the cosine ends at lr x min_lr_ratio
     weight_decay: float = 0.0  # on weights with >= 2 dims only (biases and norms never decay)
     max_grad_norm: float | None = 1.0
-    precision: str = (
-        "fp32"  # fp32 | bf16 (autocast) | auto (bf16 where the hardware has it: train/precision.py)
-    )
+    precision: str = "fp32"  # fp32 | bf16 (autocast) | auto (bf16 where the hardware has it natively)
     gradient_checkpointing: bool = False
     # Cut each micro-batch into length-grouped sub-batches (train/packing.py): less padding, same loss.
     group_by_length: bool = False
@@ -277,10 +273,7 @@ def _check_model(m: ModelSpec, where: str) -> None:
     if m.location_head is not None:
         from ..modeling.location_heads import LocationHeadConfig
 
-        known = {f.name for f in dataclasses.fields(LocationHeadConfig)} - {
-            "trigger_token_id",
-            "slot_token_id",
-        }
+        known = {f.name for f in dataclasses.fields(LocationHeadConfig)} - {"trigger_token_id", "slot_token_id"}
         if m.location_codec != "embedding" or set(m.location_head) - known:
             raise RecipeError(
                 f"{where}.location_head: needs location_codec embedding and fields among {sorted(known)}"
@@ -435,14 +428,14 @@ def load_recipe(name_or_path: str | Path, *, world_size: int = 1) -> Recipe:
 
 # Stage fields added after runs were checkpointed, left out of the saved recipe at their default, so such a
 # run still resumes (resume compares the saved YAML).
-_SPEED_FIELDS = {"group_by_length": False, "coordinate_sigma": None}
+_LATE_FIELDS = {"group_by_length": False, "coordinate_sigma": None}
 
 
 def to_dict(recipe: Recipe) -> dict:
-    """The recipe as plain data (every field, defaults filled; speed-only fields at their default left out)."""
+    """The recipe as plain data (every field, defaults filled; `_LATE_FIELDS` at their default left out)."""
     data = dataclasses.asdict(recipe)
     for stage in data["stages"]:
-        for name, default in _SPEED_FIELDS.items():
+        for name, default in _LATE_FIELDS.items():
             if stage.get(name) == default:
                 del stage[name]
     return data
