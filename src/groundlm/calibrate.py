@@ -81,6 +81,9 @@ def stage_speeds(recipe: Recipe, *, progress: bool = False) -> tuple[dict[str, f
         cache = {}  # no cache yet, or a torn one: measure again
     if key in cache:
         return {k: float(v) for k, v in cache[key].items()}, False
+    if progress:
+        print(f"measuring this machine's training speed ({PROBE_STEPS} steps per stage, once; cached in {path})",
+              flush=True)
     speeds = measure_speeds(recipe, progress=progress)
     cache[key] = speeds
     path.parent.mkdir(parents=True, exist_ok=True)
