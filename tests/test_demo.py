@@ -58,6 +58,18 @@ def test_speeds_are_measured_once_per_machine_and_cached(tmp_path, monkeypatch):
     assert stage_speeds(recipe) == ({"lm": 1.0}, True) and calls == [1]
 
 
+def test_the_speed_key_follows_what_sets_the_speed():
+    recipe = load_recipe("shapes")
+    key = calibrate.machine_key(recipe)
+    assert calibrate.machine_key(load_recipe("shapes")) == key
+    # The schedule's lengths do not change the speed: a scaled demo recipe reads the same record.
+    assert calibrate.machine_key(scale_recipe(recipe, 3, seed=0, speeds={"vision": 1.0, "tasks": 1.0})[0]) == key
+    # The data mixture does: another share of refer batches is measured again.
+    mixed = load_recipe("shapes")
+    mixed.stages[1].data[0].ratio += 1
+    assert calibrate.machine_key(mixed) != key
+
+
 def test_demo_pipeline_at_a_tiny_budget(tmp_path, monkeypatch):
     # The shapes recipe at 2 steps per stage, evaluated on 3 test scenes (one prompt per task each); the
     # first run on a "new machine" (an empty cache) measures its speeds first.

@@ -10,6 +10,8 @@ file (or set `GROUNDLM_CACHE`) to measure again.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import os
 import platform
@@ -37,15 +39,26 @@ def cache_path() -> Path:
 
 
 def machine_key(recipe: Recipe) -> str:
-    """What the speeds depend on: the recipe (name and stages), the CPU, the threads, precision, torch."""
+    """What the speeds depend on: the recipe (name, model and stages), the CPU, the threads, precision, torch.
+
+    The model and every stage field but the schedule's lengths go in as a digest: a changed data mixture
+    changes the speed too (ShapesWorld's refer samples cost more to build than its VQA ones).
+    """
     cpu = torch.cpu.get_capabilities().get("cpu_name", "") if hasattr(torch.cpu, "get_capabilities") else ""
     stages = ",".join(
         f"{s.name}:{s.batch_size}:{resolve_precision(s.precision)}:{s.objective}" for s in recipe.stages
     )
+    lengths = ("steps", "warmup_steps", "warmup_ratio", "save_every")
+    what = {
+        "model": dataclasses.asdict(recipe.model),
+        "stages": [{k: v for k, v in dataclasses.asdict(s).items() if k not in lengths} for s in recipe.stages],
+    }
+    digest = hashlib.sha1(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:12]
     return "|".join(
         [
             recipe.name,
             stages,
+            digest,
             cpu or platform.processor(),
             f"threads={torch.get_num_threads()}",
             torch.__version__,
