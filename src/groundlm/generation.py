@@ -76,7 +76,7 @@ def generate_with_locations(
         use_cache=True,
         output_hidden_states=True,
     )
-    cache = out.past_key_values
+    cache = out.cache
     logits, hidden = out.logits[:, -1], out.hidden_states[-1][:, -1]  # [B, V], [B, D]
     last = input_ids[:, -1]  # [B] the input whose output `logits`/`hidden` are
     done = torch.zeros(rows, dtype=torch.bool, device=input_ids.device)
@@ -105,11 +105,11 @@ def generate_with_locations(
         out = model(
             inputs_embeds=embeds[:, None],  # [B, 1, D]
             attention_mask=attention,
-            past_key_values=cache,
+            cache=cache,
             use_cache=True,
             output_hidden_states=True,
         )
-        cache = out.past_key_values
+        cache = out.cache
         logits, hidden = out.logits[:, -1], out.hidden_states[-1][:, -1]
         last = nxt
     return result

@@ -15,6 +15,7 @@ from transformers import AutoModelForCausalLM, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import can_return_tuple
 
 from .config import GroundLMConfig
@@ -61,7 +62,7 @@ class GroundLMPreTrainedModel(PreTrainedModel):
     # post_init() adds the tower's and the language model's own blocks (e.g. CLIPEncoderLayer,
     # LlamaDecoderLayer); the connector is small and must stay on one device with its query tokens.
     _no_split_modules = ["QFormerConnector"]
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = ["cache"]
     # As in BLIP-2: loading with dtype=float16 keeps the Q-Former and its queries in fp32 (bf16 loads as is).
     _keep_in_fp32_modules = ["qformer", "query_tokens"]
     _supports_flash_attn = True
@@ -162,13 +163,14 @@ class GroundLMForConditionalGeneration(GroundLMPreTrainedModel, GenerationMixin)
         )
 
     @can_return_tuple  # handles `return_dict=False` (generate always asks for a dict)
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")  # transformers 5.24 renamed it
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         pixel_values: torch.FloatTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
@@ -186,6 +188,7 @@ class GroundLMForConditionalGeneration(GroundLMPreTrainedModel, GenerationMixin)
             pixel_values: [B_img, 3, H, W] images, in the order their image tokens appear. Only on the
                 prefill step of generation; later steps read the images from the KV cache.
             attention_mask: [B, T_past + T], 1 for real tokens, 0 for padding.
+            cache: the KV cache of the tokens before these (`past_key_values` before transformers 5.24).
             position_ids: [B, T]; when None they follow `attention_mask` (left padding keeps positions).
             labels: [B, T] targets, -100 where no loss is taken; shifted inside the language model's loss.
             cache_position: accepted for callers written for older transformers; transformers 5 derives the
@@ -227,7 +230,7 @@ class GroundLMForConditionalGeneration(GroundLMPreTrainedModel, GenerationMixin)
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=cache,
             labels=labels,
             use_cache=use_cache,
             logits_to_keep=logits_to_keep,
@@ -245,7 +248,7 @@ class GroundLMForConditionalGeneration(GroundLMPreTrainedModel, GenerationMixin)
         return GroundLMCausalLMOutputWithPast(
             loss=loss,
             logits=outputs.logits,
-            past_key_values=outputs.past_key_values,
+            cache=outputs.cache,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             image_hidden_states=image_features,
