@@ -14,7 +14,15 @@ import groundlm
 from groundlm import calibrate
 from groundlm.calibrate import stage_speeds
 from groundlm.cli import app
-from groundlm.demo import DEFAULT_MINUTES, EVAL_MINUTES, OVERHEAD_MINUTES, DemoConfig, run_demo, scale_recipe
+from groundlm.demo import (
+    DEFAULT_MINUTES,
+    EVAL_MINUTES,
+    OVERHEAD_MINUTES,
+    SUSTAINED_SPEED,
+    DemoConfig,
+    run_demo,
+    scale_recipe,
+)
 from groundlm.train import load_recipe
 from groundlm.train.recipe import from_dict
 
@@ -27,7 +35,7 @@ def test_the_budget_scales_every_stage_deterministically():
     fixed = EVAL_MINUTES + OVERHEAD_MINUTES
     speeds = {"vision": 1.0, "tasks": 1.0}
     seconds = sum(s.steps * s.batch_size for s in recipe.stages)
-    speeds = {k: seconds / ((DEFAULT_MINUTES - fixed) * 60) for k in speeds}
+    speeds = {k: seconds / ((DEFAULT_MINUTES - fixed) * 60 * SUSTAINED_SPEED) for k in speeds}
     full, factor = scale_recipe(recipe, DEFAULT_MINUTES, seed=0, speeds=speeds)
     assert factor == pytest.approx(1.0)
     assert [s.steps for s in full.stages] == [s.steps for s in recipe.stages]
