@@ -99,8 +99,8 @@ def scale_recipe(
 
     `speeds` are this machine's samples/s per stage (`calibrate.stage_speeds`). Every stage keeps its share
     of the steps: all are multiplied by SUSTAINED_SPEED x (minutes - fixed costs) / (the recipe's training
-    minutes at `speeds`), the fixed costs being the evaluation of `eval_scenes` scenes and start-up. At least 2 steps
-    per stage, so even a tiny budget runs every stage.
+    minutes at `speeds`), the fixed costs being the evaluation of `eval_scenes` scenes and start-up. At least
+    2 steps per stage, so even a tiny budget runs every stage.
     """
     if minutes <= 0:
         raise ValueError(f"--minutes must be positive, got {minutes}")

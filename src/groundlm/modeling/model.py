@@ -188,8 +188,8 @@ class GroundLMForConditionalGeneration(GroundLMPreTrainedModel, GenerationMixin)
             pixel_values: [B_img, 3, H, W] images, in the order their image tokens appear. Only on the
                 prefill step of generation; later steps read the images from the KV cache.
             attention_mask: [B, T_past + T], 1 for real tokens, 0 for padding.
-            cache: the KV cache of the tokens before these (`past_key_values` before transformers 5.24).
             position_ids: [B, T]; when None they follow `attention_mask` (left padding keeps positions).
+            cache: the KV cache of the tokens before these (`past_key_values` before transformers 5.24).
             labels: [B, T] targets, -100 where no loss is taken; shifted inside the language model's loss.
             cache_position: accepted for callers written for older transformers; transformers 5 derives the
                 cache slot from the cache itself, so it is not used.
