@@ -20,10 +20,13 @@ from groundlm.demo import (
     OVERHEAD_MINUTES,
     SUSTAINED_SPEED,
     DemoConfig,
+    StageFitter,
     run_demo,
     scale_recipe,
 )
-from groundlm.train import load_recipe
+from groundlm.train import load_recipe, train
+from groundlm.train.control import TrainHooks
+from groundlm.train.monitor import read_metrics
 from groundlm.train.recipe import from_dict
 
 from .train_helpers import one_thread, tiny_recipe  # noqa: F401 (fixture)
@@ -52,6 +55,34 @@ def test_the_budget_scales_every_stage_deterministically():
         scale_recipe(recipe, 0, seed=0, speeds=speeds)
     with pytest.raises(ValueError, match="no speed"):
         scale_recipe(recipe, 10, seed=0, speeds={"vision": 1.0})
+
+
+def test_a_stage_behind_the_planned_pace_is_shortened_to_fit_the_budget():
+    recipe = load_recipe("shapes")  # vision 900 x 64, tasks 700 x 64
+    speeds = {"vision": 64.0, "tasks": 64.0}  # one step per second: vision planned 900 s, tasks 700 s
+    now = [0.0]
+    fit = StageFitter(recipe, speeds, seconds=1800.0, start=0.0, clock=lambda: now[0])
+    vision, tasks = recipe.stages
+    assert fit(0, vision) == 900  # the first stage runs as planned
+    now[0] = 990.0  # 1.1x slower than planned: the tasks stage needs 770 s, 810 are left
+    assert fit(1, tasks) == 700 and fit.shortened == {}
+    now[0] = 1260.0  # 1.4x slower: 980 s needed, 540 left -> 540 / 980 of the steps
+    assert fit(1, tasks) == int(700 * 540 / 980) and fit.shortened == {"tasks": (700, 385)}
+    now[0] = 5000.0  # past the budget: the least a stage runs
+    assert fit(1, tasks) == 2
+
+
+def test_a_stage_steps_hook_shortens_the_stage_and_the_saved_recipe_says_so(tmp_path):
+    recipe = from_dict(tiny_recipe(8), "test")
+    seen = []
+    hooks = TrainHooks(stage_steps=lambda index, stage: seen.append((index, stage.steps)) or 5)
+    train(recipe, tmp_path, hooks=hooks, progress=False)
+    assert seen == [(0, 8)]
+    assert [row["stage_step"] for row in read_metrics(tmp_path / "metrics.jsonl")] == [1, 2, 3, 4, 5]
+    saved = load_recipe(tmp_path / "recipe.yaml")
+    assert saved.stages[0].steps == 5 and saved.stages[0].warmup_steps == 1  # 2 of 8 -> 1 of 5
+    with pytest.raises(ValueError, match="cannot run 9"):
+        train(recipe, tmp_path / "more", hooks=TrainHooks(stage_steps=lambda i, s: 9), progress=False)
 
 
 def test_speeds_are_measured_once_per_machine_and_cached(tmp_path, monkeypatch):
@@ -93,6 +124,7 @@ def test_demo_pipeline_at_a_tiny_budget(tmp_path, monkeypatch):
     assert [s["stage"] for s in info["stages"]] == [s.name for s in load_recipe("shapes").stages]
     assert all(s["steps"] == 2 for s in info["stages"])
     assert info["speeds_measured_now"] and set(info["stage_speeds"]) == {"vision", "tasks"}
+    assert info["shortened"] == {}  # 2 steps per stage is the least a stage runs
     lm = groundlm.load(out / "model")
     assert lm.model.config.image_position_embedding == "sincos2d"
     # A second demo into the same folder replaces the first; any other non-empty folder is refused.

@@ -7,6 +7,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -15,10 +16,14 @@ from torch import nn
 @dataclass
 class TrainHooks:
     """Test and research hooks: `loss(step, loss) -> loss` may replace a micro-batch's loss (e.g. with NaN);
-    `after_backward(step, model)` sees the summed gradients of a step before clipping and the update."""
+    `after_backward(step, model)` sees the summed gradients of a step before clipping and the update;
+    `stage_steps(index, stage) -> steps` may shorten a stage as it starts (a time budget: `groundlm demo`).
+    A shortened stage keeps its warmup share and its cosine ends at the new last step; the run's recipe.yaml
+    and checkpoints record the steps it really ran. Every process must get the same answer."""
 
     loss: Callable[[int, torch.Tensor], torch.Tensor] | None = None
     after_backward: Callable[[int, nn.Module], None] | None = None
+    stage_steps: Callable[[int, Any], int] | None = None
 
 
 class TrainingStopped(RuntimeError):

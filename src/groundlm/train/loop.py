@@ -282,11 +282,30 @@ def _accelerator(stage: StageSpec, cpu: bool) -> Accelerator:
     )
 
 
+def _shorten_stage(run: _Run, index: int, steps: int) -> None:
+    """Run stage `index` for `steps` (< its recipe's) steps; the recipe saved with the run says so."""
+    stage = run.recipe.stages[index]
+    if not 1 <= steps <= stage.steps:
+        raise ValueError(f"stage_steps hook: stage {stage.name} has {stage.steps} steps, cannot run {steps}")
+    if steps == stage.steps:
+        return
+    warmup = min(round((stage.warmup_steps or 0) * steps / stage.steps), steps - 1)
+    stages = list(run.recipe.stages)
+    stages[index] = dataclasses.replace(stage, steps=steps, warmup_steps=warmup)
+    run.recipe = dataclasses.replace(run.recipe, stages=stages)
+    run.recipe_yaml = to_yaml(run.recipe)
+    if run.main:
+        (run.out / "recipe.yaml").write_text(run.recipe_yaml)
+        print(f"stage {index} ({stage.name}): {steps} of its {stage.steps} steps fit in the time", flush=True)
+
+
 def _run_stage(run: _Run, index: int) -> None:
+    resuming = run.resume_from is not None and run.state.stage == index and run.state.stage_step > 0
+    if not resuming and run.hooks.stage_steps is not None:
+        _shorten_stage(run, index, run.hooks.stage_steps(index, run.recipe.stages[index]))
     recipe, state, model = run.recipe, run.state, run.model
     stage = recipe.stages[index]
     where = f"stage {index} ({stage.name})"
-    resuming = run.resume_from is not None and state.stage == index and state.stage_step > 0
     if not resuming:
         state.stage, state.stage_step, state.mixture, state.scheduler = index, 0, None, None
         # Same seed on every process, so adapters start identical (DDP also broadcasts rank 0's weights).
