@@ -27,6 +27,7 @@ from groundlm.demo import (
 from groundlm.train import load_recipe, train
 from groundlm.train.control import TrainHooks
 from groundlm.train.monitor import read_metrics
+from groundlm.train.optim import WarmupCosine
 from groundlm.train.recipe import from_dict
 
 from .train_helpers import one_thread, tiny_recipe  # noqa: F401 (fixture)
@@ -63,26 +64,62 @@ def test_a_stage_behind_the_planned_pace_is_shortened_to_fit_the_budget():
     now = [0.0]
     fit = StageFitter(recipe, speeds, seconds=1800.0, start=0.0, clock=lambda: now[0])
     vision, tasks = recipe.stages
-    assert fit(0, vision) == 900  # the first stage runs as planned
+    assert fit(0, vision, 0) == 900  # the first stage starts as planned
     now[0] = 990.0  # 1.1x slower than planned: the tasks stage needs 770 s, 810 are left
-    assert fit(1, tasks) == 700 and fit.shortened == {}
-    now[0] = 1260.0  # 1.4x slower: 980 s needed, 540 left -> 540 / 980 of the steps
-    assert fit(1, tasks) == int(700 * 540 / 980) and fit.shortened == {"tasks": (700, 385)}
+    assert fit(1, tasks, 0) == 700 and fit.shortened == {}
+    now[0] = 1260.0  # 1.4x slower: 980 s needed, 540 left -> the steps that fit, less 2%
+    assert fit(1, tasks, 0) == int(0.98 * 540 / 1.4) and fit.shortened == {"tasks": (700, 378)}
     now[0] = 5000.0  # past the budget: the least a stage runs
-    assert fit(1, tasks) == 2
+    assert fit(1, tasks, 0) == 2
+
+
+def test_a_running_stage_is_checked_at_its_own_pace():
+    recipe = load_recipe("shapes")
+    speeds = {"vision": 64.0, "tasks": 64.0}
+    now = [0.0]
+    fit = StageFitter(recipe, speeds, seconds=1800.0, start=0.0, clock=lambda: now[0])
+    vision, tasks = recipe.stages
+    assert fit(0, vision, 0) == 900
+    now[0] = 100.0  # on pace: 100 steps in 100 s
+    assert fit(0, vision, 100) == 900 and fit.shortened == {}
+    now[0] = 102.0
+    assert fit(0, vision, 101) == 900  # checked every 25 steps only
+    now[0] = 300.0  # 2 s a step: vision needs 1500 more s and tasks 1400, 1500 are left in all
+    steps = fit(0, vision, 150)
+    assert steps == 150 + int(0.98 * (1500 - 1400) / 2.0) and fit.shortened == {"vision": (900, steps)}
+    now[0] = 320.0  # the shortened stage on that pace: nothing more to cut
+    assert fit(0, replace_steps(vision, steps), 175) == steps
+    now[0] = 1500.0  # far behind: the stage ends now
+    assert fit(0, replace_steps(vision, steps), 175) == 175 and fit.shortened["vision"] == (900, 175)
+
+
+def replace_steps(stage, steps):
+    import dataclasses
+
+    return dataclasses.replace(stage, steps=steps)
 
 
 def test_a_stage_steps_hook_shortens_the_stage_and_the_saved_recipe_says_so(tmp_path):
     recipe = from_dict(tiny_recipe(8), "test")
     seen = []
-    hooks = TrainHooks(stage_steps=lambda index, stage: seen.append((index, stage.steps)) or 5)
+    hooks = TrainHooks(stage_steps=lambda index, stage, done: seen.append((index, stage.steps, done)) or 5)
     train(recipe, tmp_path, hooks=hooks, progress=False)
-    assert seen == [(0, 8)]
+    assert seen == [(0, 8, 0), (0, 5, 1), (0, 5, 2), (0, 5, 3), (0, 5, 4), (0, 5, 5)]
     assert [row["stage_step"] for row in read_metrics(tmp_path / "metrics.jsonl")] == [1, 2, 3, 4, 5]
     saved = load_recipe(tmp_path / "recipe.yaml")
     assert saved.stages[0].steps == 5 and saved.stages[0].warmup_steps == 1  # 2 of 8 -> 1 of 5
+    # Cut while running: from then on the cosine runs to the new last step.
+    cut = TrainHooks(stage_steps=lambda index, stage, done: 4 if done >= 2 else stage.steps)
+    train(recipe, tmp_path / "cut", hooks=cut, progress=False)
+    rows = read_metrics(tmp_path / "cut" / "metrics.jsonl")
+    assert [r["stage_step"] for r in rows] == [1, 2, 3, 4]
+    stage = recipe.stages[0]
+    lr = stage.train["language_model"]
+    assert rows[-1]["lr"] == pytest.approx(lr * WarmupCosine(2, 4, stage.min_lr_ratio)(3))
+    assert rows[-1]["lr"] < lr * WarmupCosine(2, 8, stage.min_lr_ratio)(3)
+    assert load_recipe(tmp_path / "cut" / "recipe.yaml").stages[0].warmup_steps == 2  # kept once running
     with pytest.raises(ValueError, match="cannot run 9"):
-        train(recipe, tmp_path / "more", hooks=TrainHooks(stage_steps=lambda i, s: 9), progress=False)
+        train(recipe, tmp_path / "more", hooks=TrainHooks(stage_steps=lambda i, s, d: 9), progress=False)
 
 
 def test_speeds_are_measured_once_per_machine_and_cached(tmp_path, monkeypatch):

@@ -147,3 +147,21 @@ def test_the_shapes_recipe_pretrains_then_freezes_the_tower():
     recipe = load_recipe("shapes")
     assert recipe.stages[0].objective == "dense_patches"
     assert all("vision_tower" not in s.train for s in recipe.stages[1:])
+
+
+def test_a_dense_stage_renders_images_without_conversations(processor):
+    from groundlm.train.recipe import ShapesSpec
+    from groundlm.train.sources import ShapesSource
+
+    spec = ShapesSpec(split="train", tasks=["identify"], scenes=50)
+    full, lean = ShapesSource(spec, processor), ShapesSource(spec, processor, images_only=True)
+    for i in (0, 7, 49):
+        a, b = full[i], lean[i]
+        assert a.input_ids and b.input_ids == [] and b.labels == []
+        assert torch.equal(a.pixel_values, b.pixel_values) and a.frame == b.frame
+        assert [(o.box, o.label) for o in a.meta["objects"]] == [(o.box, o.label) for o in b.meta["objects"]]
+    targets = DenseTargets(processor.tokenizer, 64, 8)
+    batch = processor.pad([lean[i] for i in range(4)], side="right")
+    batch.update(targets.batch([lean[i] for i in range(4)]))
+    assert batch["pixel_values"].shape == (4, 3, 64, 64) and batch["input_ids"].shape == (4, 0)
+    assert torch.equal(batch["dense_fg"], targets.batch([full[i] for i in range(4)])["dense_fg"])

@@ -136,3 +136,23 @@ def test_speed_fields_at_default_stay_out_of_the_saved_recipe():
     # so runs checkpointed before group_by_length existed still resume (resume compares this YAML)
     assert "group_by_length" not in to_yaml(from_dict(tiny_recipe()))
     assert "group_by_length: true" in to_yaml(from_dict(tiny_recipe(group_by_length=True)))
+
+
+def test_the_warmup_cosine_schedule_equals_transformers():
+    from transformers import get_cosine_with_min_lr_schedule_with_warmup
+
+    from groundlm.train.optim import WarmupCosine, warmup_cosine
+
+    def lrs(make):
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=2.0)
+        sched = make(opt)
+        out = []
+        for _ in range(30):
+            out.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        return out
+
+    ours = lrs(lambda o: warmup_cosine(o, WarmupCosine(5, 30, 0.1)))
+    theirs = lrs(lambda o: get_cosine_with_min_lr_schedule_with_warmup(o, 5, 30, min_lr_rate=0.1))
+    assert ours == theirs and ours[0] == 0.0 and ours[5] == 2.0 and ours[-1] > 0.2

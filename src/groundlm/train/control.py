@@ -17,13 +17,14 @@ from torch import nn
 class TrainHooks:
     """Test and research hooks: `loss(step, loss) -> loss` may replace a micro-batch's loss (e.g. with NaN);
     `after_backward(step, model)` sees the summed gradients of a step before clipping and the update;
-    `stage_steps(index, stage) -> steps` may shorten a stage as it starts (a time budget: `groundlm demo`).
-    A shortened stage keeps its warmup share and its cosine ends at the new last step; the run's recipe.yaml
-    and checkpoints record the steps it really ran. Every process must get the same answer."""
+    `stage_steps(index, stage, done) -> steps` may shorten a stage (a time budget: `groundlm demo`); it is
+    asked as the stage starts (`done` = 0) and before each of its later steps, and answers at least `done`.
+    The cosine then ends at the new last step; the run's recipe.yaml and checkpoints record the steps the
+    stage really ran. Every process must get the same answer."""
 
     loss: Callable[[int, torch.Tensor], torch.Tensor] | None = None
     after_backward: Callable[[int, nn.Module], None] | None = None
-    stage_steps: Callable[[int, Any], int] | None = None
+    stage_steps: Callable[[int, Any, int], int] | None = None
 
 
 class TrainingStopped(RuntimeError):

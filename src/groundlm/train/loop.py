@@ -33,7 +33,6 @@ from accelerate import Accelerator, PartialState
 from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import DistributedDataParallelKwargs, gather_object
 from torch import nn
-from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from ..data.mixture import Mixture
 from ..processor import IGNORE_INDEX
@@ -43,7 +42,7 @@ from .control import RunState, StopSignal, TrainHooks, TrainingStopped
 from .dense import HEAD, DenseTargets, build_dense_model, dense_losses
 from .location_objective import TERMS_ATTRIBUTE, lm_location_losses
 from .monitor import MetricsLog, Progress, rewind_metrics
-from .optim import adamw
+from .optim import WarmupCosine, adamw, warmup_cosine
 from .packing import SubBatch, split_by_length
 from .params import (
     configure_trainable,
@@ -282,27 +281,33 @@ def _accelerator(stage: StageSpec, cpu: bool) -> Accelerator:
     )
 
 
-def _shorten_stage(run: _Run, index: int, steps: int) -> None:
-    """Run stage `index` for `steps` (< its recipe's) steps; the recipe saved with the run says so."""
+def _shorten_stage(run: _Run, index: int, steps: int, done: int = 0) -> StageSpec:
+    """Run stage `index` for `steps` (<= its recipe's) steps, `done` of them run; the saved recipe says so.
+
+    Shortened as it starts, the stage keeps its warmup share; once running, its warmup is what it was."""
     stage = run.recipe.stages[index]
-    if not 1 <= steps <= stage.steps:
-        raise ValueError(f"stage_steps hook: stage {stage.name} has {stage.steps} steps, cannot run {steps}")
+    if not max(1, done) <= steps <= stage.steps:
+        raise ValueError(
+            f"stage_steps hook: stage {stage.name} has {stage.steps} steps ({done} run), cannot run {steps}"
+        )
     if steps == stage.steps:
-        return
-    warmup = min(round((stage.warmup_steps or 0) * steps / stage.steps), steps - 1)
+        return stage
+    warmup = stage.warmup_steps or 0
+    warmup = min(round(warmup * steps / stage.steps) if done == 0 else warmup, steps - 1)
     stages = list(run.recipe.stages)
     stages[index] = dataclasses.replace(stage, steps=steps, warmup_steps=warmup)
     run.recipe = dataclasses.replace(run.recipe, stages=stages)
     run.recipe_yaml = to_yaml(run.recipe)
     if run.main:
         (run.out / "recipe.yaml").write_text(run.recipe_yaml)
-        print(f"stage {index} ({stage.name}): {steps} of its {stage.steps} steps fit in the time", flush=True)
+        print(f"\nstage {index} ({stage.name}): {steps} of its {stage.steps} steps fit in the time", flush=True)
+    return run.recipe.stages[index]
 
 
 def _run_stage(run: _Run, index: int) -> None:
     resuming = run.resume_from is not None and run.state.stage == index and run.state.stage_step > 0
     if not resuming and run.hooks.stage_steps is not None:
-        _shorten_stage(run, index, run.hooks.stage_steps(index, run.recipe.stages[index]))
+        _shorten_stage(run, index, run.hooks.stage_steps(index, run.recipe.stages[index], 0))
     recipe, state, model = run.recipe, run.state, run.model
     stage = recipe.stages[index]
     where = f"stage {index} ({stage.name})"
@@ -348,13 +353,13 @@ def _run_stage(run: _Run, index: int) -> None:
     run.head_state = None
 
     processor = stage_processor(run.processor, stage.template)
-    data = build_sources(stage.data, processor, f"{recipe.name}: stages[{index}]")
+    dense = stage.objective == "dense_patches"
+    data = build_sources(stage.data, processor, f"{recipe.name}: stages[{index}]", images_only=dense)
     # One global batch of batch_size x processes per micro-step; each process takes its slice.
     mixture = Mixture(data.sources, seed=recipe.seed * 1000 + index, batch_size=stage.batch_size * run.world)
     optimizer = adamw([{k: v for k, v in g.items() if k != "names"} for g in groups], betas=(0.9, 0.999))
-    scheduler = get_cosine_with_min_lr_schedule_with_warmup(
-        optimizer, stage.warmup_steps, stage.steps, min_lr_rate=stage.min_lr_ratio
-    )
+    schedule = WarmupCosine(stage.warmup_steps or 0, stage.steps, stage.min_lr_ratio)
+    scheduler = warmup_cosine(optimizer, schedule)
     if resuming:
         optimizer.load_state_dict(run.resume_from.optimizer)
         scheduler.load_state_dict(state.scheduler)
@@ -393,7 +398,15 @@ def _run_stage(run: _Run, index: int) -> None:
         coordinate_token_ids(processor) if stage.coordinate_sigma else None,
     )
     try:
-        while state.stage_step < stage.steps:
+        while True:
+            if run.hooks.stage_steps is not None and state.stage_step > 0:
+                steps = run.hooks.stage_steps(index, ctx.stage, state.stage_step)
+                if steps < ctx.stage.steps:
+                    ctx.stage = _shorten_stage(run, index, steps, state.stage_step)
+                    schedule.total, schedule.warmup = steps, ctx.stage.warmup_steps or 0
+                    bar.bar.total = steps
+            if state.stage_step >= ctx.stage.steps:
+                break
             _step(ctx, bar)
     finally:
         bar.close()

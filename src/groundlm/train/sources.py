@@ -26,11 +26,16 @@ class ShapesSource:
 
     A scene that cannot support a task (no object can be singled out for `refer`) is replaced by the next
     scene's record of the same task, so the task balance holds; each replacement is counted in `report`.
+    With `images_only` (a `dense_patches` stage, which reads only the image and its objects) no conversation
+    is built: the sample holds the pixels, the frame and the objects, and no tokens.
     """
 
-    def __init__(self, spec: ShapesSpec, processor: GroundLMProcessor, name: str = "shapes"):
+    def __init__(
+        self, spec: ShapesSpec, processor: GroundLMProcessor, name: str = "shapes", *, images_only: bool = False
+    ):
         self.spec = spec
         self.name = name
+        self.images_only = images_only
         self.tasks = list(spec.tasks)
         self.config = shapes_config(spec)
         self.processor = processor
@@ -43,6 +48,13 @@ class ShapesSource:
     def __getitem__(self, index: int) -> Encoded:
         scene_index, k = divmod(index, len(self.tasks))
         task = self.tasks[k]
+        if self.images_only:
+            scene = scene_at(self.spec.split, scene_index, self.config)
+            pixels, frame = self.processor.transform(scene.image)
+            self.report.loaded += 1
+            meta = {"id": f"{self.spec.split}-{scene_index}", "task": None, "source": self.name}
+            meta["objects"] = [DenseObject(o.box, o.label, o.mask) for o in scene.objects]
+            return Encoded([], [], frame=frame, pixel_values=pixels, meta=meta)
         for attempt in range(self.spec.scenes):
             i = (scene_index + attempt) % self.spec.scenes
             scene = scene_at(self.spec.split, i, self.config)
@@ -110,12 +122,16 @@ class StageData:
         return [dataset[i] for i in indices]
 
 
-def build_sources(specs: Sequence[SourceSpec], processor: GroundLMProcessor, where: str) -> StageData:
-    """The datasets of a stage's mixture; a records file that does not exist is an error naming the field."""
+def build_sources(
+    specs: Sequence[SourceSpec], processor: GroundLMProcessor, where: str, *, images_only: bool = False
+) -> StageData:
+    """The datasets of a stage's mixture; a records file that does not exist is an error naming the field.
+
+    `images_only`: ShapesWorld sources skip the conversations (see `ShapesSource`)."""
     datasets: dict[str, ShapesSource | RecordsSource] = {}
     for j, spec in enumerate(specs):
         if spec.shapes is not None:
-            datasets[spec.name] = ShapesSource(spec.shapes, processor, spec.name)
+            datasets[spec.name] = ShapesSource(spec.shapes, processor, spec.name, images_only=images_only)
             continue
         path = Path(expand(spec.records))
         if not path.is_file():
