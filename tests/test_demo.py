@@ -16,11 +16,11 @@ from groundlm.calibrate import stage_speeds
 from groundlm.cli import app
 from groundlm.demo import (
     DEFAULT_MINUTES,
-    EVAL_MINUTES,
-    OVERHEAD_MINUTES,
+    EVAL_SCENES,
     SUSTAINED_SPEED,
     DemoConfig,
     StageFitter,
+    fixed_minutes,
     run_demo,
     scale_recipe,
 )
@@ -36,7 +36,7 @@ from .train_helpers import one_thread, tiny_recipe  # noqa: F401 (fixture)
 def test_the_budget_scales_every_stage_deterministically():
     recipe = load_recipe("shapes")
     # Speeds at which the recipe's own steps take exactly the default budget's training time.
-    fixed = EVAL_MINUTES + OVERHEAD_MINUTES
+    fixed = fixed_minutes(EVAL_SCENES)
     speeds = {"vision": 1.0, "tasks": 1.0}
     seconds = sum(s.steps * s.batch_size for s in recipe.stages)
     speeds = {k: seconds / ((DEFAULT_MINUTES - fixed) * 60 * SUSTAINED_SPEED) for k in speeds}
@@ -62,7 +62,7 @@ def test_a_stage_behind_the_planned_pace_is_shortened_to_fit_the_budget():
     recipe = load_recipe("shapes")  # vision 900 x 64, tasks 700 x 64
     speeds = {"vision": 64.0, "tasks": 64.0}  # one step per second: vision planned 900 s, tasks 700 s
     now = [0.0]
-    fit = StageFitter(recipe, speeds, seconds=1800.0, start=0.0, clock=lambda: now[0])
+    fit = StageFitter(recipe, speeds, start=0.0, deadline=1800.0, clock=lambda: now[0])
     vision, tasks = recipe.stages
     assert fit(0, vision, 0) == 900  # the first stage starts as planned
     now[0] = 990.0  # 1.1x slower than planned: the tasks stage needs 770 s, 810 are left
@@ -77,7 +77,7 @@ def test_a_running_stage_is_checked_at_its_own_pace():
     recipe = load_recipe("shapes")
     speeds = {"vision": 64.0, "tasks": 64.0}
     now = [0.0]
-    fit = StageFitter(recipe, speeds, seconds=1800.0, start=0.0, clock=lambda: now[0])
+    fit = StageFitter(recipe, speeds, start=0.0, deadline=1800.0, clock=lambda: now[0])
     vision, tasks = recipe.stages
     assert fit(0, vision, 0) == 900
     now[0] = 100.0  # on pace: 100 steps in 100 s
@@ -139,7 +139,9 @@ def test_the_speed_key_follows_what_sets_the_speed():
     key = calibrate.machine_key(recipe)
     assert calibrate.machine_key(load_recipe("shapes")) == key
     # The schedule's lengths do not change the speed: a scaled demo recipe reads the same record.
-    assert calibrate.machine_key(scale_recipe(recipe, 3, seed=0, speeds={"vision": 1.0, "tasks": 1.0})[0]) == key
+    assert (
+        calibrate.machine_key(scale_recipe(recipe, 3, seed=0, speeds={"vision": 1.0, "tasks": 1.0})[0]) == key
+    )
     # The data mixture does: another share of refer batches is measured again.
     mixed = load_recipe("shapes")
     mixed.stages[1].data[0].ratio += 1
