@@ -139,9 +139,7 @@ def test_the_speed_key_follows_what_sets_the_speed():
     key = calibrate.machine_key(recipe)
     assert calibrate.machine_key(load_recipe("shapes")) == key
     # The schedule's lengths do not change the speed: a scaled demo recipe reads the same record.
-    assert (
-        calibrate.machine_key(scale_recipe(recipe, 3, seed=0, speeds={"vision": 1.0, "tasks": 1.0})[0]) == key
-    )
+    assert calibrate.machine_key(scale_recipe(recipe, 3, seed=0, speeds={"vision": 1.0, "tasks": 1.0})[0]) == key
     # The data mixture does: another share of refer batches is measured again.
     mixed = load_recipe("shapes")
     mixed.stages[1].data[0].ratio += 1
@@ -163,6 +161,11 @@ def test_demo_pipeline_at_a_tiny_budget(tmp_path, monkeypatch):
     assert [s["stage"] for s in info["stages"]] == [s.name for s in load_recipe("shapes").stages]
     assert all(s["steps"] == 2 for s in info["stages"])
     assert info["speeds_measured_now"] and set(info["stage_speeds"]) == {"vision", "tasks"}
+    # The probe ran inside the measured wall time, before training.
+    assert 0 < info["probe_seconds"] < info["total_seconds"]
+    assert info["total_seconds"] == pytest.approx(
+        info["probe_seconds"] + info["train_seconds"] + info["eval_seconds"], abs=0.2
+    )
     assert info["shortened"] == {}  # 2 steps per stage is the least a stage runs
     lm = groundlm.load(out / "model")
     assert lm.model.config.image_position_embedding == "sincos2d"

@@ -264,8 +264,8 @@ def run_demo(config: DemoConfig) -> dict:
     speeds, measured = stage_speeds(recipe, progress=config.progress)
     probed = time.perf_counter()
     recipe, factor = scale_recipe(recipe, minutes, seed=config.seed, speeds=speeds, eval_scenes=scenes)
-    # Training ends in time for the evaluation and the report (the probe's share is already spent or unused).
-    deadline = start + 60 * (minutes - EVAL_MINUTES * scenes / EVAL_SCENES - OVERHEAD_MINUTES)
+    # Training ends in time for the evaluation and the report; the probe's share is already spent (or unused).
+    deadline = start + 60 * (minutes - fixed_minutes(scenes) + PROBE_MINUTES)
     fit = StageFitter(recipe, speeds, start=probed, deadline=deadline)
     model_dir = train(recipe, out, progress=config.progress, hooks=TrainHooks(stage_steps=fit))
     trained = time.perf_counter()
