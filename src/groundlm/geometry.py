@@ -1,11 +1,12 @@
 """Boxes, IoU/GIoU and the mapping between an original image and the model's square input frame.
 
 Every box in groundlm is four floats. Unless a function name says otherwise the layout is ``xyxy``
-(x1, y1, x2, y2) in pixels of the original image, which is what records store (DESIGN §2).
+(x1, y1, x2, y2) in pixels of the original image, which is what records store (docs/data-format.md).
 
-Two IoU conventions exist in the wild (reference/evaluation.md §1.7): the continuous one (torchvision,
-lmms-eval, VLMEvalKit, Shikra) and MiniGPT-v2's "+1 pixel" one, where a box from x1 to x2 covers
-x2 - x1 + 1 pixels. ``plus_one`` switches between them; the default is the continuous convention.
+Two IoU conventions exist in the wild (docs/evaluation.md, "REC: Acc@0.5 and the IoU conventions"): the
+continuous one (torchvision, lmms-eval, VLMEvalKit, Shikra) and MiniGPT-v2's "+1 pixel" one, where a box from
+x1 to x2 covers x2 - x1 + 1 pixels. ``plus_one`` switches between them; the default is the continuous
+convention.
 
 A location codec writes coordinates normalised to the *model's* input frame, not to the original image.
 ``Frame`` owns that mapping for the two image transforms we support: a plain square resize (MiniGPT-v2)

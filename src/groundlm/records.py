@@ -1,4 +1,4 @@
-"""The record: groundlm's dataset contract (DESIGN §2), its validation and its JSONL file format.
+"""The record: groundlm's dataset contract (docs/data-format.md), its validation and its JSONL file format.
 
 One JSON object per line::
 

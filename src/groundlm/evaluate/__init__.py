@@ -1,6 +1,6 @@
-"""Metrics of the standard grounded-VLM benchmarks, as plain functions over plain data (DESIGN §8).
+"""Metrics of the standard grounded-VLM benchmarks, as plain functions over plain data.
 
-Every metric states in its docstring which tool's convention it follows (reference/evaluation.md); inputs
+Every metric states in its docstring which tool's convention it follows (docs/evaluation.md); inputs
 are lists of xyxy pixel boxes, strings and numpy masks, so predictions from any model can be scored.
 
 - `rec`: REC Acc@0.5 with switchable IoU conventions (lmms-eval default, MiniGPT-v2, Shikra).

@@ -1,6 +1,6 @@
 """Caption metrics through pycocoevalcap: BLEU-1..4, METEOR, ROUGE-L and CIDEr(-D), as the COCO caption server.
 
-Convention (pycocoevalcap 1.2 = coco-caption; reference/evaluation.md §3): candidates and references are
+Convention (pycocoevalcap 1.2 = coco-caption; docs/evaluation.md, "Captions"): candidates and references are
 lower-cased and tokenised by the Stanford PTB tokenizer (Java), punctuation tokens are dropped, then
 - BLEU is corpus-level with the "closest" reference length for the brevity penalty;
 - METEOR 1.5 runs as a Java process (`-l en -norm`);

@@ -1,6 +1,6 @@
 """Object hallucination: CHAIR (Rohrbach et al. 2018) on captions and POPE (Li et al. 2023) on yes/no answers.
 
-CHAIR word matching (reference/evaluation.md §4.1), step by step:
+CHAIR word matching (docs/evaluation.md, "CHAIR"), step by step:
 1. lower-case the caption and split it into words: runs of letters/digits, hyphenated compounds kept whole
    ("t-shirt"), apostrophes split off ("couch's" → "couch", "s"). The original uses nltk's word_tokenize.
 2. singularise each word with a small plural rule guided by the vocabulary (below). The original uses

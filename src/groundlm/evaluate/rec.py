@@ -1,6 +1,7 @@
 """Referring expression comprehension (REC): Acc@0.5 over predicted boxes.
 
-Tools disagree on two details (reference/evaluation.md §1.7), so both are switches of `IoUConvention`:
+Tools disagree on two details (docs/evaluation.md, "REC: Acc@0.5 and the IoU conventions"), so both are
+switches of `IoUConvention`:
 - `plus_one`: MiniGPT-v2 (and the refer toolkit) count a box from x1 to x2 as x2 - x1 + 1 pixels, for both
   areas and the intersection; lmms-eval, VLMEvalKit, Shikra and torchvision use continuous coordinates.
 - `strict`: a hit needs IoU > threshold (MiniGPT-v2, Shikra) instead of IoU >= threshold (lmms-eval,
@@ -15,7 +16,8 @@ passed as None and counts as a miss; it is never skipped. All boxes are xyxy in 
 One deliberate difference from every tool: an IoU within 1e-9 of the threshold is treated as equal to it.
 Float rounding decides exact ties arbitrarily (a box shifted by a third of its width has IoU 0.5 on paper
 and 0.49999999999999994 or 0.5000000000000001 in floats); with the snap a tie is always a hit under `>=`
-and always a miss under `>`. Real predictions essentially never tie (none did in the REC-Eval predictions, evaluation.md §1.7).
+and always a miss under `>`. Real predictions essentially never tie (none did in the REC-Eval predictions,
+docs/evaluation.md).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Referring segmentation (RES): cIoU and mIoU of predicted masks, and COCO mask decoding.
 
-Conventions (reference/evaluation.md §1.8):
+Conventions (docs/evaluation.md, "Referring segmentation"):
 - cIoU ("overall IoU", LISA's and NExT-Chat's headline) = Σ_i |P_i ∩ G_i| / Σ_i |P_i ∪ G_i| over the split,
   so large objects dominate;
 - mIoU (LISA calls it gIoU) = mean over samples of |P_i ∩ G_i| / |P_i ∪ G_i|, every expression weighted

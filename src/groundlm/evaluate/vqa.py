@@ -1,6 +1,6 @@
 """VQA metrics: VQAv2 soft accuracy with the official answer normalisation, GQA exact match, VizWiz.
 
-Official VQAv2 normalisation (GT-Vision-Lab/VQA `vqaEval.py`; reference/evaluation.md §2.1), in order:
+Official VQAv2 normalisation (GT-Vision-Lab/VQA `vqaEval.py`; docs/evaluation.md, "VQA"), in order:
 1. newlines and tabs become spaces, then the text is stripped;
 2. punctuation: each of ``; / [ ] " { } ( ) = + \\ _ - > < @ ` , ? !`` is deleted when it touches a space
    somewhere in the answer (``"p "`` or ``" p"`` occurs) or when the answer contains a digit-comma-digit
