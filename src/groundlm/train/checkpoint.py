@@ -23,6 +23,7 @@ import json
 import os
 import random
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -203,6 +204,35 @@ def commit(out: str | Path, global_step: int, keep: int = 2) -> Path:
     return final
 
 
+def save(
+    out: str | Path,
+    global_step: int,
+    *,
+    rank: int,
+    main: bool,
+    barrier: Callable[[], None],
+    contents: Callable[[], dict],
+) -> Path:
+    """Write the checkpoint of `global_step`; every process calls it. Returns the checkpoint's directory.
+
+    `contents()` is asked on the main process only, for `write_main`'s keyword arguments; `barrier()` waits for
+    every process (the others must not write their RNG state before the directory exists, nor go on before
+    it is committed)."""
+    if main:
+        begin(out, global_step)
+    barrier()
+    tmp = temp_dir(out, global_step)
+    write_rank(tmp, rank)
+    if main:
+        write_main(tmp, **contents())
+    barrier()
+    final = Path(out) / CHECKPOINTS / step_name(global_step)
+    if main:
+        final = commit(out, global_step)
+    barrier()
+    return final
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Reading
 
@@ -244,3 +274,23 @@ def read(path: str | Path, rank: int = 0) -> Checkpoint:
     rng_file = path / f"rng-{rank}.json"
     rng = json.loads(rng_file.read_text()) if rng_file.is_file() else None
     return Checkpoint(path, weights, optimizer, state, rng, (path / "recipe.yaml").read_text())
+
+
+def to_resume(out: str | Path, resume: bool, recipe_yaml: str, rank: int = 0) -> Checkpoint | None:
+    """The newest checkpoint of run directory `out` read for process `rank`, or None for a new run.
+
+    A directory that holds checkpoints needs `resume`, and a resumed run the recipe it was trained with."""
+    found = latest(out)
+    if found is None:
+        return None
+    if not resume:
+        raise FileExistsError(
+            f"{out} already holds a run (checkpoint {found.name}); pass --resume to continue it, or another --out"
+        )
+    saved = read(found, rank)
+    if saved.recipe_yaml != recipe_yaml:
+        raise ValueError(
+            f"the recipe differs from the one {found} was trained with; resume with the same recipe "
+            f"(saved as {found / 'recipe.yaml'}) or start a new run in another --out"
+        )
+    return saved
