@@ -1,7 +1,7 @@
 """Which numerics a stage trains in: `fp32`, `bf16` autocast, or `auto` (bf16 only where the hardware has it).
 
 bf16 autocast is 1.75-2x faster than fp32 on a CPU with native bf16 (AVX-512 BF16 or AMX), but on one
-without it torch emulates bf16 matmuls and they run ~100x slower than fp32 (measured on an AVX2-only EPYC:
+without it torch emulates bf16 matmuls and they run ~100x slower than fp32 (on an AVX2-only EPYC:
 0.5 GFLOP/s bf16 against 81 GFLOP/s fp32 on one core). `auto` picks per machine, so a recipe written on one
 machine does not crawl on another; the choice is a pure function of the hardware, so a seed still gives the
 same run on the same machine. `stage_accelerator` gives a stage the `Accelerator` of its numerics.
