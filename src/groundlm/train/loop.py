@@ -6,12 +6,13 @@ precision and gradient accumulation. Distribution (DDP; FSDP or DeepSpeed throug
 accelerate's; launch with `torchrun --nproc_per_node N -m groundlm train ...` or `accelerate launch
 --multi_gpu --num_processes N -m groundlm train ...` (on a CPU-only machine both give N gloo processes).
 
-What a stage optimises is its objective (train/objectives.py): the module accelerate prepares, its samples'
-loss units and summed losses. The loss is the mean over every loss unit of the optimizer step (for `lm`, every
-supervised token): all micro-batches of all processes. Each process divides its loss sum by the global unit
-count (one all-reduce before the forward), so N processes x batch B give the same loss and gradients as
-1 process x N*B, whatever the padding or the answer lengths. A step whose loss or gradient norm is not finite is skipped (no update) and counted; too many
-in a row stop the run with a checkpoint, as does Ctrl-C (or SIGTERM).
+What a stage optimises is its objective (train/objectives.py): the module accelerate prepares, the loss units
+of each sample (supervised tokens, image patches) and its summed loss. The step's loss is the mean over every
+loss unit of the optimizer step: all micro-batches of all processes. Each process divides its loss sum by the
+global unit count (one all-reduce before the forward), so N processes x batch B give the same loss and
+gradients as 1 process x N*B, whatever the padding or the answer lengths. A step whose loss or gradient norm is
+not finite is skipped (no update) and counted; too many in a row stop the run with a checkpoint, as does
+Ctrl-C (or SIGTERM).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from ..data.mixture import Mixture
 from . import checkpoint
 from .build import build_for_recipe, stage_processor
 from .control import RunState, StopSignal, TrainHooks, TrainingStopped, shortened
-from .monitor import MetricsLog, Progress, rewind_metrics, task_means
+from .monitor import MetricsLog, Progress, task_means
 from .objectives import OBJECTIVES, Objective
 from .optim import WarmupCosine, adamw, warmup_cosine
 from .packing import SubBatch, split_by_length
@@ -144,11 +145,9 @@ def train(
     if run.main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "recipe.yaml").write_text(recipe_yaml)
-        if resume_from is not None:
-            rewind_metrics(out / "metrics.jsonl", state.global_step)
-        else:
-            (out / "metrics.jsonl").unlink(missing_ok=True)
-        run.metrics = MetricsLog(out / "metrics.jsonl")
+        run.metrics = MetricsLog(
+            out / "metrics.jsonl", state.global_step if resume_from is not None else None
+        )
         if resume_from is not None:
             print(f"resuming from {found} (stage {state.stage}, step {state.stage_step})", flush=True)
     run.stop.install()
@@ -186,16 +185,17 @@ def _shorten_stage(run: _Run, index: int, steps: int, done: int = 0) -> StageSpe
 
 
 def _run_stage(run: _Run, index: int) -> None:
+    """Set up stage `index` (what trains, its objective, data, optimizer, Accelerator), run its steps, save."""
     resuming = run.resume_from is not None and run.state.stage == index and run.state.stage_step > 0
     if not resuming and run.hooks.stage_steps is not None:
         _shorten_stage(run, index, run.hooks.stage_steps(index, run.recipe.stages[index], 0))
     recipe, state, model = run.recipe, run.state, run.model
     stage = recipe.stages[index]
-    at = f"{recipe.name}: stages[{index}]"
+    at, seed = f"{recipe.name}: stages[{index}]", recipe.seed * 1000 + index
     if not resuming:
         state.stage, state.stage_step, state.mixture, state.scheduler = index, 0, None, None
         # Same seed on every process, so adapters start identical (DDP also broadcasts rank 0's weights).
-        _seed(recipe.seed * 1000 + index)
+        _seed(seed)
     current = LoraSpec(**state.lora) if state.lora else None
     changed = set_lora(model, current, stage.lora)
     state.lora = dataclasses.asdict(stage.lora) if stage.lora else None
@@ -207,7 +207,7 @@ def _run_stage(run: _Run, index: int) -> None:
     set_activation_checkpointing(model, stage.gradient_checkpointing)
 
     # The objective may train through a module of its own (objectives.py): accelerate prepares that one.
-    objective = OBJECTIVES[stage.objective](stage, model, run.processor, seed=recipe.seed * 1000 + index)
+    objective = OBJECTIVES[stage.objective](stage, model, run.processor, seed=seed)
     groups += objective.param_groups
     if run.objective_state is not None:  # the first stage after a resume
         objective.load_state_dict(run.objective_state, str(run.resume_from.path))
@@ -216,7 +216,7 @@ def _run_stage(run: _Run, index: int) -> None:
     processor = stage_processor(run.processor, stage.template)
     data = build_sources(stage.data, processor, at, images_only=objective.images_only)
     # One global batch of batch_size x processes per micro-step; each process takes its slice.
-    mixture = Mixture(data.sources, seed=recipe.seed * 1000 + index, batch_size=stage.batch_size * run.world)
+    mixture = Mixture(data.sources, seed=seed, batch_size=stage.batch_size * run.world)
     optimizer = adamw([{k: v for k, v in g.items() if k != "names"} for g in groups], betas=(0.9, 0.999))
     schedule = WarmupCosine(stage.warmup_steps or 0, stage.steps, stage.min_lr_ratio)
     scheduler = warmup_cosine(optimizer, schedule)
@@ -228,23 +228,18 @@ def _run_stage(run: _Run, index: int) -> None:
     accelerator = stage_accelerator(stage.precision, stage.grad_accum, run.cpu)
     # The scheduler is stepped by hand once per optimizer update: accelerate's wrapper would step it once per
     # process, and a skipped (non-finite) step must not advance it.
-    prepared, prepared_optimizer = accelerator.prepare(objective.module, optimizer)
+    module, optimizer = accelerator.prepare(objective.module, optimizer)
     if resuming and run.resume_from.rng is not None:
         checkpoint.set_rng_state(run.resume_from.rng)
     else:
-        _seed(recipe.seed * 1000 + index + 7919 * (run.rank + 1))  # e.g. LoRA dropout differs per process
+        _seed(seed + 7919 * (run.rank + 1))  # e.g. LoRA dropout differs per process
     run.resume_from = None
 
-    bar = Progress(
-        stage.steps,
-        state.stage_step,
-        f"[{index + 1}/{len(recipe.stages)}] {stage.name}",
-        run.main and run.progress,
-    )
+    title = f"[{index + 1}/{len(recipe.stages)}] {stage.name}"
+    bar = Progress(stage.steps, state.stage_step, title, run.main and run.progress)
     ctx = _StageContext(
-        run, stage, accelerator, prepared, prepared_optimizer, scheduler, mixture, data, processor
+        run, stage, accelerator, objective, module, optimizer, scheduler, trainable, mixture, data, processor
     )
-    ctx.trainable, ctx.objective = trainable, objective
     try:
         while True:
             if run.hooks.stage_steps is not None and state.stage_step > 0:
@@ -261,7 +256,7 @@ def _run_stage(run: _Run, index: int) -> None:
     # Stage done: the checkpoint marks the next stage's start (its optimizer starts fresh).
     state.stage, state.stage_step = index + 1, 0
     _save(ctx, with_optimizer=False)
-    accelerator.unwrap_model(prepared, keep_fp32_wrapper=False)  # drop the autocast wrapper of this stage
+    accelerator.unwrap_model(module, keep_fp32_wrapper=False)  # drop the autocast wrapper of this stage
     accelerator.free_memory()
     if run.main:
         for name, dataset in data.datasets.items():
@@ -271,19 +266,19 @@ def _run_stage(run: _Run, index: int) -> None:
 
 @dataclass
 class _StageContext:
-    """What one stage's steps need: the prepared model and optimizer, schedule, data."""
+    """What one stage's steps need: the objective, the prepared model and optimizer, schedule, data."""
 
     run: _Run
     stage: StageSpec
     accelerator: Accelerator
+    objective: Objective
     model: nn.Module  # prepared (possibly DDP-wrapped): the objective's module
     optimizer: torch.optim.Optimizer  # prepared
     scheduler: torch.optim.lr_scheduler.LRScheduler
+    trainable: list[nn.Parameter]
     mixture: Mixture
     data: StageData
-    processor: object
-    trainable: list[nn.Parameter] = dataclasses.field(default_factory=list)
-    objective: Objective | None = None
+    processor: object  # the stage's (its template)
 
 
 def _reduce(ctx: _StageContext, values: list[float]) -> list[float]:
@@ -375,8 +370,9 @@ def _step(ctx: _StageContext, bar: Progress) -> None:
     samples = b * run.world * stage.grad_accum
     state.samples += samples
     speed = samples / max(time.perf_counter() - start, 1e-9)
-    per_process = gather_object([dict(task_sums)]) if run.world > 1 else [task_sums]
-    task_loss = task_means(per_process) if finite else {}
+    task_loss = {}
+    if finite:  # every process agrees: the loss and gradient norm are reduced over all of them
+        task_loss = task_means(gather_object([dict(task_sums)]) if run.world > 1 else [task_sums])
     if run.main:
         run.metrics.write(
             {

@@ -26,9 +26,15 @@ from tqdm import tqdm
 class MetricsLog:
     """Append-only JSONL metrics, flushed every line so a killed run keeps everything up to its last step."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, resume_at: int | None = None):
+        """A new log (a file already there is replaced), or with `resume_at` the log of a run resumed at
+        that step (the rows it logged after its checkpoint are dropped: those steps run again)."""
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if resume_at is None:
+            self.path.unlink(missing_ok=True)
+        else:
+            rewind_metrics(self.path, resume_at)
         self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
 
     def write(self, row: dict) -> None:

@@ -1,19 +1,8 @@
 """What a stage optimises: one small object per recipe `objective:`, so the loop (train/loop.py) names none.
 
-A stage's objective is built once what trains is set, from the stage, the model, the processor and a seed,
-and tells the loop
-
-- `module`: what accelerate prepares and the loss runs on (the model, or for `dense_patches` tower + head);
-- `param_groups`: AdamW groups of its own beyond the model's (`dense_patches`: its head);
-- `images_only`: whether a sample needs only its image and objects, no conversation (train/sources.py);
-- per micro-batch: `targets(samples)`, tensors added to the padded batch; `tasks(samples, source)`, the
-  label each sample's loss is logged under; `units(batch)`, the loss units of each sample, known before the
-  forward so a step's loss is the mean over all units of all processes; and `losses(module, batch)`, each
-  sample's summed loss [B] with the fields it adds to the step's metrics row;
-- `state_dict()` / `load_state_dict()`: tensors a checkpoint keeps beyond the model's, for an exact resume.
-
-`check(stage, where)` validates the objective's stage settings (and fills their defaults) as a recipe is
-read (train/recipe.py). A new objective is one class here and an entry in `OBJECTIVES`.
+`OBJECTIVES[stage.objective](stage, model, processor, seed)` builds a stage's objective once what trains is
+set; `Objective` says what the loop asks of it. A new objective is one class here and an entry in
+`OBJECTIVES`; its `check` validates its stage settings as a recipe is read (train/recipe.py).
 """
 
 from __future__ import annotations
@@ -32,28 +21,36 @@ from .soft_targets import coordinate_token_ids, soft_coordinate_losses
 
 
 class Objective(Protocol):
-    """The loss of a stage (see the module docstring)."""
+    """The loss of a stage, and what it needs besides the model's trained modules."""
 
-    images_only: bool
-    module: nn.Module
-    param_groups: list[dict]
+    images_only: bool  # a sample needs only its image and objects, no conversation (train/sources.py)
+    module: nn.Module  # what accelerate prepares and `losses` runs: the model, or a module of the objective's
+    param_groups: list[dict]  # AdamW groups of its own, beyond the model's (params.configure_trainable)
 
     @staticmethod
-    def check(stage: StageSpec, where: str) -> None: ...
+    def check(stage: StageSpec, where: str) -> None:
+        """Validate the stage's settings of this objective and fill their defaults; RecipeError names `where`."""
 
-    def targets(self, samples: Sequence) -> dict[str, torch.Tensor]: ...
+    def targets(self, samples: Sequence) -> dict[str, torch.Tensor]:
+        """Tensors the loss needs beyond the padded batch, added to it before it moves to the device."""
 
-    def tasks(self, samples: Sequence, source: str) -> list[str]: ...
+    def tasks(self, samples: Sequence, source: str) -> list[str]:
+        """The label each sample's loss is logged under in `task_loss` (`source`: the mixture's source name)."""
 
-    def units(self, batch: dict[str, torch.Tensor]) -> torch.Tensor: ...
+    def units(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Loss units per sample, [B], known before the forward: a step's loss is the mean over all units of
+        all its micro-batches and processes."""
 
     def losses(
         self, module: nn.Module, batch: dict[str, torch.Tensor]
-    ) -> tuple[torch.Tensor, dict[str, Any]]: ...
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Each sample's summed loss, [B], and the fields this forward adds to the step's metrics row."""
 
-    def state_dict(self) -> dict[str, torch.Tensor]: ...
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Tensors a mid-stage checkpoint keeps beyond the model's (saved among its weights), for exact resume."""
 
-    def load_state_dict(self, state: dict[str, torch.Tensor], where: str) -> None: ...
+    def load_state_dict(self, state: dict[str, torch.Tensor], where: str) -> None:
+        """Restore `state_dict()`'s tensors from checkpoint `where` (empty: the stage's start); raise on others."""
 
 
 # ------------------------------------------------------------------------------------------------------------
