@@ -20,7 +20,8 @@ where is it", which is what referring and detection then read out.
 The head (`DensePatchHead`) is not part of the model: it is built when the stage starts, trained with the
 tower, saved in the stage's checkpoints (`dense_head.*`, for exact resume), and dropped when the stage ends,
 so `OUT/model` holds only the tower, connector and language model. A later stage freezes the tower by
-leaving `vision_tower` out of its `train:` map.
+leaving `vision_tower` out of its `train:` map. The stage's objective (`DenseObjective`, train/objectives.py)
+puts these pieces together for the loop.
 """
 
 from __future__ import annotations
