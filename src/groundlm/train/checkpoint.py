@@ -180,20 +180,23 @@ def write_main(
     _write(tmp / "recipe.yaml", recipe_yaml.encode())
 
 
+def replace_dir(tmp: Path, target: Path, old: Path) -> None:
+    """Rename the finished directory `tmp` to `target`; a `target` already there is renamed to `old` first and
+    then removed, so at every moment one complete directory exists under one of the two names."""
+    if target.exists():
+        os.replace(target, old)
+    os.replace(tmp, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def commit(out: str | Path, global_step: int, keep: int = 2) -> Path:
     """(Main process.) Rename the finished temporary directory into place, point `latest` at it, prune."""
     root = Path(out) / CHECKPOINTS
     final = root / step_name(global_step)
     tmp = temp_dir(out, global_step)
-    if final.exists():
-        # Saved already at this step (a stop right after a stage ended): the newer state wins. Between the
-        # two renames `latest` names a missing directory, and `latest()` falls back to the newest complete one.
-        old = root / f"{_TMP}old-{final.name}"
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
+    # Saved already at this step (a stop right after a stage ended): the newer state wins. Between the two
+    # renames `latest` names a missing directory, and `latest()` falls back to the newest complete one.
+    replace_dir(tmp, final, root / f"{_TMP}old-{final.name}")
     pointer = root / f"{LATEST}.tmp"
     _write(pointer, final.name.encode())
     os.replace(pointer, root / LATEST)

@@ -441,11 +441,7 @@ def _finish(run: _Run) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         run.model.save_pretrained(tmp)
         run.processor.save_pretrained(tmp)
-        old = run.out / ".old-model"
-        if target.exists():
-            os.replace(target, old)
-        os.replace(tmp, target)
-        shutil.rmtree(old, ignore_errors=True)
+        checkpoint.replace_dir(tmp, target, run.out / ".old-model")
         draw_run(run.out, run.recipe.name)
         print(
             f"done: {run.state.global_step} steps, {run.state.nonfinite_total} skipped; model in {target}",
