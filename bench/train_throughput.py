@@ -46,7 +46,7 @@ from groundlm.data.mixture import Mixture, Source
 from groundlm.export import to_llava
 from groundlm.presets import Preset, build_model
 from groundlm.processor import Encoded, GroundLMProcessor
-from groundlm.train.loop import lm_token_losses
+from groundlm.train.objectives import lm_token_losses
 from groundlm.train.optim import adamw, is_fused
 from groundlm.train.packing import pack, per_sample_sums, split_by_length
 from groundlm.train.recipe import ShapesSpec

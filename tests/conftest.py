@@ -13,6 +13,20 @@ REALDATA = ROOT.parent / "shared" / "realdata"
 torch.set_num_threads(2)
 
 
+def _restoring_thread_count():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+# The one place that restores torch's thread count: every test and every test module (its module-scoped
+# fixtures may set it too) leaves it as it found it, whatever it set.
+restore_thread_count = pytest.fixture(autouse=True, name="restore_thread_count")(_restoring_thread_count)
+restore_module_thread_count = pytest.fixture(
+    autouse=True, scope="module", name="restore_module_thread_count"
+)(_restoring_thread_count)
+
+
 def realdata(*parts: str) -> Path:
     """A path under ../shared/realdata, or skip the test when that data is absent on this machine."""
     path = REALDATA.joinpath(*parts)

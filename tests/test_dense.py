@@ -12,7 +12,7 @@ import groundlm
 from groundlm.data.shapes import scene_at
 from groundlm.geometry import Frame
 from groundlm.presets import build_model
-from groundlm.train import checkpoint, load_recipe, train
+from groundlm.train import TrainHooks, checkpoint, load_recipe, train
 from groundlm.train.dense import DenseObject, DenseTargets, build_dense_model, dense_losses
 from groundlm.train.monitor import read_metrics
 from groundlm.train.recipe import DenseSpec, RecipeError, from_dict
@@ -97,14 +97,22 @@ def test_a_dense_stage_then_a_frozen_tower(tmp_path, one_thread):  # noqa: F811
     recipe = from_dict(_dense_recipe())
     assert recipe.stages[0].dense.box_weight == 2.0 and recipe.stages[1].dense is None
     before = build_model("tiny", seed=3)[0].vision_tower.state_dict()
-    train(recipe, tmp_path, progress=False)
+    towers = {}
+
+    def snapshot(step, model):  # before the step's update: at step 4, the tower the dense stage left
+        towers[step] = {k: v.detach().clone() for k, v in model.vision_tower.state_dict().items()}
+
+    train(recipe, tmp_path, progress=False, hooks=TrainHooks(after_backward=snapshot))
     rows = read_metrics(tmp_path / "metrics.jsonl")
     assert [r["stage"] for r in rows] == ["vision"] * 3 + ["lm"] * 3
     assert all(math.isfinite(r["loss"]) for r in rows)
     assert set(rows[0]["task_loss"]) == {"dense_patches"} and set(rows[0]["lr_groups"]) == {"vision_tower", "dense_head"}
+    assert set(rows[3]["lr_groups"]) == {"connector", "language_model"}
     lm = groundlm.load(tmp_path / "model")
     after = lm.model.vision_tower.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)  # the dense stage trained the tower
+    # The lm stage left it exactly as the dense stage did.
+    assert set(towers[4]) == set(after) and all(torch.equal(towers[4][k], after[k]) for k in after)
     # The head is training-only: not in the saved model; in the dense stage's checkpoint only.
     assert not any("dense_head" in k for k in lm.model.state_dict())
     last = checkpoint.read(checkpoint.latest(tmp_path), 0)
@@ -121,8 +129,6 @@ def test_a_dense_stage_resumes_exactly(tmp_path, one_thread):  # noqa: F811
 
     class Stop(Exception):
         pass
-
-    from groundlm.train import TrainHooks
 
     def after(step, model):
         if step == 3:

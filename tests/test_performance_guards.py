@@ -14,8 +14,8 @@ import torch
 
 from groundlm.presets import Preset, build_model
 from groundlm.train import TrainHooks, train
-from groundlm.train.loop import lm_token_losses
 from groundlm.train.monitor import read_metrics
+from groundlm.train.objectives import lm_token_losses
 from groundlm.train.optim import adamw, is_fused
 from groundlm.train.packing import length_groups, pack, per_sample_sums, split_by_length
 from groundlm.train.params import named_parameters

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import groundlm
 from groundlm.presets import build_model
 from groundlm.train.recipe import RecipeError, from_dict
 from groundlm.train.soft_targets import coordinate_token_ids, soft_coordinate_losses
@@ -67,12 +68,32 @@ def test_the_recipe_field_is_checked():
         from_dict(tiny_recipe(2, coordinate_sigma=0), "r.yaml")
 
 
-def test_a_stage_trains_with_soft_coordinates(tmp_path):
-    from groundlm.train import train
+def test_the_loop_trains_a_stage_on_soft_coordinates(tmp_path, monkeypatch):
+    """The logged loss of a step is the soft-target loss of what the model output, not the one-hot one."""
+    from groundlm.train import objectives, train
     from groundlm.train.monitor import read_metrics
 
+    seen = []
+
+    def spy(model, batch):  # the objective's forward, recording the logits and labels of each micro-batch
+        out = forward(model, batch)
+        seen.append((out.logits.detach().clone(), batch["labels"].clone()))
+        return out
+
+    forward = objectives.forward
+    monkeypatch.setattr(objectives, "forward", spy)
     torch.set_num_threads(1)
-    train(from_dict(tiny_recipe(3, coordinate_sigma=2.0), "r.yaml"), tmp_path / "run", progress=False)
-    rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
-    assert len(rows) == 3 and all(math.isfinite(r["loss"]) and r["loss"] > 0 for r in rows)
+    refer = [{"name": "refer", "shapes": {"tasks": ["refer"], "scenes": 50}}]
+    train(from_dict(tiny_recipe(1, coordinate_sigma=2.0, data=refer), "r.yaml"), tmp_path / "run", progress=False)
+    (row,) = read_metrics(tmp_path / "run" / "metrics.jsonl")
     assert "coordinate_sigma: 2.0" in (tmp_path / "run" / "recipe.yaml").read_text()
+
+    (logits, labels), processor = seen[0], groundlm.load(tmp_path / "run" / "model").processor
+    targets = labels[:, 1:]
+    coords = coordinate_token_ids(processor)
+    assert torch.isin(targets, coords).sum() >= 4  # the answers hold boxes, or the test proves nothing
+    units = (targets != IGNORE).sum()
+    soft = soft_coordinate_losses(logits[:, :-1], targets, coords, 2.0, IGNORE).sum() / units
+    hard = F.cross_entropy(logits[:, :-1].transpose(1, 2), targets, ignore_index=IGNORE, reduction="sum") / units
+    assert row["loss"] == pytest.approx(float(soft), rel=1e-6)
+    assert abs(float(soft) - float(hard)) > 1e-3  # a loop that ignored coordinate_sigma would log `hard`

@@ -62,10 +62,8 @@ def groundlm_train(*args: str, **popen) -> subprocess.Popen:
     )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread for in-process training (the two cores are shared; competing threads crawl)."""
-    before = torch.get_num_threads()
+@pytest.fixture(autouse=True)
+def one_thread(restore_thread_count):
+    """One torch thread for in-process training (the two cores are shared; competing threads crawl);
+    conftest.py's `restore_thread_count` puts the count back after each test."""
     torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)

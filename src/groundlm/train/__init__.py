@@ -4,8 +4,11 @@
     train(load_recipe("shapes"), "runs/shapes")
 
 Files: `recipe.py` (YAML -> typed recipe), `build.py` (the starting model), `params.py` (what trains, LoRA),
-`sources.py` (data of a stage), `loop.py` (the loop), `control.py` (hooks, stop requests, run state), `checkpoint.py` (atomic, pickle-free checkpoints),
-`monitor.py` (progress bar, metrics log), `plots.py` (loss curves), `recipes/*.yaml` (shipped recipes).
+`sources.py` (data of a stage), `objectives.py` (what a stage optimises: `lm`, and `dense_patches` with
+`dense.py`; `soft_targets.py`), `loop.py` (the loop), `control.py` (hooks, stop requests, run state),
+`checkpoint.py` (atomic, pickle-free checkpoints), `precision.py` (a stage's numerics and Accelerator),
+`packing.py` and `optim.py` (less padding, AdamW and the schedule), `monitor.py` (progress bar, metrics log),
+`plots.py` (loss curves), `recipes/*.yaml` (shipped recipes).
 """
 
 from .loop import TrainHooks, TrainingStopped, train

@@ -23,6 +23,7 @@ import json
 import os
 import random
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -179,20 +180,23 @@ def write_main(
     _write(tmp / "recipe.yaml", recipe_yaml.encode())
 
 
+def replace_dir(tmp: Path, target: Path, old: Path) -> None:
+    """Rename the finished directory `tmp` to `target`; a `target` already there is renamed to `old` first and
+    then removed, so at every moment one complete directory exists under one of the two names."""
+    if target.exists():
+        os.replace(target, old)
+    os.replace(tmp, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def commit(out: str | Path, global_step: int, keep: int = 2) -> Path:
     """(Main process.) Rename the finished temporary directory into place, point `latest` at it, prune."""
     root = Path(out) / CHECKPOINTS
     final = root / step_name(global_step)
     tmp = temp_dir(out, global_step)
-    if final.exists():
-        # Saved already at this step (a stop right after a stage ended): the newer state wins. Between the
-        # two renames `latest` names a missing directory, and `latest()` falls back to the newest complete one.
-        old = root / f"{_TMP}old-{final.name}"
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
+    # Saved already at this step (a stop right after a stage ended): the newer state wins. Between the two
+    # renames `latest` names a missing directory, and `latest()` falls back to the newest complete one.
+    replace_dir(tmp, final, root / f"{_TMP}old-{final.name}")
     pointer = root / f"{LATEST}.tmp"
     _write(pointer, final.name.encode())
     os.replace(pointer, root / LATEST)
@@ -200,6 +204,35 @@ def commit(out: str | Path, global_step: int, keep: int = 2) -> Path:
     for old in done[:-keep] if keep > 0 else []:
         if old != final:
             shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def save(
+    out: str | Path,
+    global_step: int,
+    *,
+    rank: int,
+    main: bool,
+    barrier: Callable[[], None],
+    contents: Callable[[], dict],
+) -> Path:
+    """Write the checkpoint of `global_step`; every process calls it. Returns the checkpoint's directory.
+
+    `contents()` is asked on the main process only, for `write_main`'s keyword arguments; `barrier()` waits for
+    every process (the others must not write their RNG state before the directory exists, nor go on before
+    it is committed)."""
+    if main:
+        begin(out, global_step)
+    barrier()
+    tmp = temp_dir(out, global_step)
+    write_rank(tmp, rank)
+    if main:
+        write_main(tmp, **contents())
+    barrier()
+    final = Path(out) / CHECKPOINTS / step_name(global_step)
+    if main:
+        final = commit(out, global_step)
+    barrier()
     return final
 
 
@@ -244,3 +277,23 @@ def read(path: str | Path, rank: int = 0) -> Checkpoint:
     rng_file = path / f"rng-{rank}.json"
     rng = json.loads(rng_file.read_text()) if rng_file.is_file() else None
     return Checkpoint(path, weights, optimizer, state, rng, (path / "recipe.yaml").read_text())
+
+
+def to_resume(out: str | Path, resume: bool, recipe_yaml: str, rank: int = 0) -> Checkpoint | None:
+    """The newest checkpoint of run directory `out` read for process `rank`, or None for a new run.
+
+    A directory that holds checkpoints needs `resume`, and a resumed run the recipe it was trained with."""
+    found = latest(out)
+    if found is None:
+        return None
+    if not resume:
+        raise FileExistsError(
+            f"{out} already holds a run (checkpoint {found.name}); pass --resume to continue it, or another --out"
+        )
+    saved = read(found, rank)
+    if saved.recipe_yaml != recipe_yaml:
+        raise ValueError(
+            f"the recipe differs from the one {found} was trained with; resume with the same recipe "
+            f"(saved as {found / 'recipe.yaml'}) or start a new run in another --out"
+        )
+    return saved

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import threading
 from collections.abc import Callable
@@ -25,6 +26,21 @@ class TrainHooks:
     loss: Callable[[int, torch.Tensor], torch.Tensor] | None = None
     after_backward: Callable[[int, nn.Module], None] | None = None
     stage_steps: Callable[[int, Any, int], int] | None = None
+
+
+def shortened(stage: Any, steps: int, done: int = 0) -> Any:
+    """The stage (a `StageSpec`) run for `steps` (<= its recipe's) steps, `done` of them run.
+
+    Shortened as it starts, the stage keeps its warmup share; once running, its warmup is what it was."""
+    if not max(1, done) <= steps <= stage.steps:
+        raise ValueError(
+            f"stage_steps hook: stage {stage.name} has {stage.steps} steps ({done} run), cannot run {steps}"
+        )
+    if steps == stage.steps:
+        return stage
+    warmup = stage.warmup_steps or 0
+    warmup = min(round(warmup * steps / stage.steps) if done == 0 else warmup, steps - 1)
+    return dataclasses.replace(stage, steps=steps, warmup_steps=warmup)
 
 
 class TrainingStopped(RuntimeError):

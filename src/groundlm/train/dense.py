@@ -20,7 +20,8 @@ where is it", which is what referring and detection then read out.
 The head (`DensePatchHead`) is not part of the model: it is built when the stage starts, trained with the
 tower, saved in the stage's checkpoints (`dense_head.*`, for exact resume), and dropped when the stage ends,
 so `OUT/model` holds only the tower, connector and language model. A later stage freezes the tower by
-leaving `vision_tower` out of its `train:` map.
+leaving `vision_tower` out of its `train:` map. The stage's objective (`DenseObjective`, train/objectives.py)
+puts these pieces together for the loop.
 """
 
 from __future__ import annotations
@@ -209,25 +210,6 @@ def dense_losses(model: nn.Module, batch: dict[str, torch.Tensor], spec: DenseSp
     return per_patch.sum(1)  # [B]
 
 
-@torch.no_grad()
-def dense_accuracy(model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, float]:
-    """Diagnostics on object patches: the share whose top-k label words are exactly right, and the box L1.
-
-    k is each patch's true word count, so a patch counts as right only when its whole label is.
-    """
-    words_logits, _, boxes = model(batch["pixel_values"])
-    fg = batch["dense_fg"] > 0  # [B, P]
-    target = batch["dense_words"][fg]  # [N, V]
-    logits = words_logits.float()[fg]  # [N, V]
-    k = int(target.sum(-1).max()) if len(target) else 0
-    if k == 0:
-        return {"label_acc": float("nan"), "box_l1": float("nan")}
-    top = logits.topk(k, dim=-1).indices  # [N, k]
-    right = target.gather(1, top).sum(-1) == target.sum(-1)
-    l1 = (boxes.float()[fg] - batch["dense_boxes"][fg]).abs().mean()
-    return {"label_acc": float(right.float().mean()), "box_l1": float(l1)}
-
-
 __all__ = [
     "HEAD",
     "DenseObject",
@@ -235,6 +217,5 @@ __all__ = [
     "DensePatchModel",
     "DenseTargets",
     "build_dense_model",
-    "dense_accuracy",
     "dense_losses",
 ]

@@ -6,11 +6,13 @@ precision and gradient accumulation. Distribution (DDP; FSDP or DeepSpeed throug
 accelerate's; launch with `torchrun --nproc_per_node N -m groundlm train ...` or `accelerate launch
 --multi_gpu --num_processes N -m groundlm train ...` (on a CPU-only machine both give N gloo processes).
 
-The loss is the mean over every supervised token of the optimizer step: all micro-batches of all processes.
-Each process divides its token-loss sum by the global token count (one all-reduce before the forward), so
-N processes x batch B give the same loss and gradients as 1 process x N*B, whatever the padding or the
-answer lengths. A step whose loss or gradient norm is not finite is skipped (no update) and counted; too many
-in a row stop the run with a checkpoint, as does Ctrl-C (or SIGTERM).
+What a stage optimises is its objective (train/objectives.py): the module accelerate prepares, the loss units
+of each sample (supervised tokens, image patches) and its summed loss. The step's loss is the mean over every
+loss unit of the optimizer step: all micro-batches of all processes. Each process divides its loss sum by the
+global unit count (one all-reduce before the forward), so N processes x batch B give the same loss and
+gradients as 1 process x N*B, whatever the padding or the answer lengths. A step whose loss or gradient norm is
+not finite is skipped (no update) and counted; too many in a row stop the run with a checkpoint, as does
+Ctrl-C (or SIGTERM).
 """
 
 from __future__ import annotations
@@ -28,20 +30,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator, PartialState
-from accelerate.state import AcceleratorState, GradientState
-from accelerate.utils import DistributedDataParallelKwargs, gather_object
+from accelerate.utils import gather_object
 from torch import nn
 
 from ..data.mixture import Mixture
-from ..processor import IGNORE_INDEX
 from . import checkpoint
 from .build import build_for_recipe, stage_processor
-from .control import RunState, StopSignal, TrainHooks, TrainingStopped
-from .dense import HEAD, DenseTargets, build_dense_model, dense_losses
-from .location_objective import TERMS_ATTRIBUTE, lm_location_losses
-from .monitor import MetricsLog, Progress, rewind_metrics
+from .control import RunState, StopSignal, TrainHooks, TrainingStopped, shortened
+from .monitor import MetricsLog, Progress, task_means
+from .objectives import OBJECTIVES, Objective
 from .optim import WarmupCosine, adamw, warmup_cosine
 from .packing import SubBatch, split_by_length
 from .params import (
@@ -49,73 +47,15 @@ from .params import (
     load_trained_state,
     merge_lora,
     named_parameters,
+    set_activation_checkpointing,
     set_lora,
     set_train_modes,
     trained_state,
 )
-from .precision import resolve_precision
+from .plots import draw_run
+from .precision import stage_accelerator
 from .recipe import LoraSpec, Recipe, StageSpec, to_yaml
-from .soft_targets import coordinate_token_ids, soft_coordinate_losses
 from .sources import StageData, build_sources
-
-# ------------------------------------------------------------------------------------------------------------
-# Objectives
-
-
-def lm_token_losses(
-    model: nn.Module, batch: dict[str, torch.Tensor], soft: tuple[torch.Tensor, float] | None = None
-) -> torch.Tensor:
-    """Next-token cross-entropy per position, [B, T-1], zero where the label is -100.
-
-    Computed here rather than by the language model so the loop can weigh tokens across processes and
-    report a loss per sample (per task). `soft` = (coordinate token ids, sigma) gives coordinate tokens
-    Gaussian targets (train/soft_targets.py).
-    """
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
-    inputs["use_cache"] = False  # no generation here; a cache would only cost memory
-    logits = model(**inputs).logits  # [B, T, V]
-    targets = batch["labels"][:, 1:]  # [B, T-1]
-    if soft is not None:
-        return soft_coordinate_losses(logits[:, :-1], targets, soft[0], soft[1], IGNORE_INDEX)
-    return F.cross_entropy(
-        logits[:, :-1].float().transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none"
-    )
-
-
-# A stage objective is two functions of a batch: how many loss units each sample holds (known before the
-# forward, so the step can be normalised across processes) and each sample's summed loss. A new stage type
-# adds a branch to both.
-
-
-def objective_units(objective: str, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Loss units per sample, [B]: for `lm`, the supervised tokens; for `dense_patches`, the patches."""
-    if objective == "lm":
-        return (batch["labels"][:, 1:] != IGNORE_INDEX).sum(1)
-    if objective == "dense_patches":
-        fg = batch["dense_fg"]  # [B, P]
-        return torch.full((fg.shape[0],), fg.shape[1], dtype=torch.long)
-    raise ValueError(f"unknown objective {objective!r}")  # recipe.py validates; a new objective lands here
-
-
-def objective_losses(
-    stage: StageSpec,
-    model: nn.Module,
-    batch: dict[str, torch.Tensor],
-    coordinate_ids: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Summed loss per sample, [B]: for `lm`, the token cross-entropy over the answer tokens (soft targets
-    on `coordinate_ids` with the stage's `coordinate_sigma`); for `dense_patches`, the per-patch losses of
-    train/dense.py (`model` is then the tower + head)."""
-    if stage.objective == "lm":
-        # embedding codec: + box/cycle(/mask) losses (train/location_objective.py)
-        if "trigger_boxes" in batch:
-            return lm_location_losses(model, batch)
-        soft = (coordinate_ids, stage.coordinate_sigma) if stage.coordinate_sigma else None
-        return lm_token_losses(model, batch, soft).sum(1)
-    if stage.objective == "dense_patches":
-        return dense_losses(model, batch, stage.dense)
-    raise ValueError(f"unknown objective {stage.objective!r}")
-
 
 # ------------------------------------------------------------------------------------------------------------
 # The run
@@ -134,11 +74,12 @@ class _Run:
     progress: bool
     distributed: PartialState
     cpu: bool
-    stop: StopSignal
-    recipe_yaml: str
-    resume_from: checkpoint.Checkpoint | None
+    stop: StopSignal = dataclasses.field(default_factory=StopSignal)
+    recipe_yaml: str = ""
+    resume_from: checkpoint.Checkpoint | None = None
     metrics: MetricsLog | None = None
-    head_state: dict | None = None  # a dense_patches head's weights from the checkpoint resumed from
+    # Tensors of the checkpoint resumed from that are not the model's: its stage objective's (objectives.py)
+    objective_state: dict | None = None
 
     @property
     def rank(self) -> int:
@@ -177,21 +118,13 @@ def train(
     distributed = PartialState(cpu=cpu)
     recipe_yaml = to_yaml(recipe)
 
-    found = checkpoint.latest(out)
-    if found is not None and not resume:
-        raise FileExistsError(
-            f"{out} already holds a run (checkpoint {found.name}); pass --resume to continue it, or another --out"
-        )
-    resume_from = checkpoint.read(found, distributed.process_index) if found is not None else None
-    if resume_from is not None and resume_from.recipe_yaml != recipe_yaml:
-        raise ValueError(
-            f"the recipe differs from the one {found} was trained with; resume with the same recipe "
-            f"(saved as {found / 'recipe.yaml'}) or start a new run in another --out"
-        )
+    resume_from = checkpoint.to_resume(out, resume, recipe_yaml, distributed.process_index)
+    found = resume_from.path if resume_from is not None else None
 
     templates = [s.template for s in recipe.stages if s.template]
     model, processor = build_for_recipe(recipe.model, seed=recipe.seed, templates=templates)
     state = RunState(world_size=world)
+    objective_state = None
     if resume_from is not None:
         state = RunState(**resume_from.state)
         if state.world_size != world:
@@ -203,33 +136,18 @@ def train(
             state.world_size = world
         # Rebuild the structure the weights were saved in (adapters attached), then load them.
         set_lora(model, None, LoraSpec(**state.lora) if state.lora else None)
-        weights = {k: v for k, v in resume_from.weights.items() if not k.startswith(HEAD + ".")}
-        load_trained_state(model, weights, str(found))
+        present = named_parameters(model)
+        load_trained_state(model, {k: v for k, v in resume_from.weights.items() if k in present}, str(found))
+        objective_state = {k: v for k, v in resume_from.weights.items() if k not in present}
 
-    run = _Run(
-        recipe,
-        out,
-        model,
-        processor,
-        state,
-        hooks or TrainHooks(),
-        progress,
-        distributed,
-        cpu,
-        StopSignal(),
-        recipe_yaml,
-        resume_from,
-    )
-    if resume_from is not None:
-        run.head_state = {k: v for k, v in resume_from.weights.items() if k.startswith(HEAD + ".")}
+    run = _Run(recipe, out, model, processor, state, hooks or TrainHooks(), progress, distributed, cpu)
+    run.recipe_yaml, run.resume_from, run.objective_state = recipe_yaml, resume_from, objective_state
     if run.main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "recipe.yaml").write_text(recipe_yaml)
-        if resume_from is not None:
-            rewind_metrics(out / "metrics.jsonl", state.global_step)
-        else:
-            (out / "metrics.jsonl").unlink(missing_ok=True)
-        run.metrics = MetricsLog(out / "metrics.jsonl")
+        run.metrics = MetricsLog(
+            out / "metrics.jsonl", state.global_step if resume_from is not None else None
+        )
         if resume_from is not None:
             print(f"resuming from {found} (stage {state.stage}, step {state.stage_step})", flush=True)
     run.stop.install()
@@ -249,114 +167,56 @@ def _seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _set_checkpointing(model: nn.Module, on: bool) -> None:
-    """Activation (gradient) checkpointing on or off; non-reentrant, so frozen inputs need no grad hack."""
-    kwargs = {"use_reentrant": False}
-    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x; the old names warn
-        if on:
-            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-        else:
-            model.activation_checkpointing_disable()
-    elif on:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-    else:
-        model.gradient_checkpointing_disable()
-
-
-def _accelerator(stage: StageSpec, cpu: bool) -> Accelerator:
-    """A fresh Accelerator for a stage.
-
-    accelerate keeps one global state and refuses a second Accelerator with other numerics, so the state is
-    reset between stages (the process group, in `PartialState`, stays).
-    """
-    AcceleratorState._reset_state(reset_partial_state=False)
-    GradientState._reset_state()
-    # A forward may leave trainable weights unused: tower layers after the selected feature layer, the
-    # Q-Former's text-only feed-forward. DDP must be told, at the cost of one graph traversal per step.
-    return Accelerator(
-        mixed_precision="bf16" if resolve_precision(stage.precision) == "bf16" else "no",
-        gradient_accumulation_steps=stage.grad_accum,
-        cpu=cpu,
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
-    )
-
-
 def _shorten_stage(run: _Run, index: int, steps: int, done: int = 0) -> StageSpec:
-    """Run stage `index` for `steps` (<= its recipe's) steps, `done` of them run; the saved recipe says so.
-
-    Shortened as it starts, the stage keeps its warmup share; once running, its warmup is what it was."""
+    """Run stage `index` for `steps` steps, `done` of them run (control.shortened); the saved recipe says so."""
     stage = run.recipe.stages[index]
-    if not max(1, done) <= steps <= stage.steps:
-        raise ValueError(
-            f"stage_steps hook: stage {stage.name} has {stage.steps} steps ({done} run), cannot run {steps}"
-        )
-    if steps == stage.steps:
-        return stage
-    warmup = stage.warmup_steps or 0
-    warmup = min(round(warmup * steps / stage.steps) if done == 0 else warmup, steps - 1)
     stages = list(run.recipe.stages)
-    stages[index] = dataclasses.replace(stage, steps=steps, warmup_steps=warmup)
+    stages[index] = shortened(stage, steps, done)
+    if stages[index] is stage:
+        return stage
     run.recipe = dataclasses.replace(run.recipe, stages=stages)
     run.recipe_yaml = to_yaml(run.recipe)
     if run.main:
         (run.out / "recipe.yaml").write_text(run.recipe_yaml)
-        print(f"\nstage {index} ({stage.name}): {steps} of its {stage.steps} steps fit in the time", flush=True)
+        print(
+            f"\nstage {index} ({stage.name}): {steps} of its {stage.steps} steps fit in the time", flush=True
+        )
     return run.recipe.stages[index]
 
 
 def _run_stage(run: _Run, index: int) -> None:
+    """Set up stage `index` (what trains, its objective, data, optimizer, Accelerator), run its steps, save."""
     resuming = run.resume_from is not None and run.state.stage == index and run.state.stage_step > 0
     if not resuming and run.hooks.stage_steps is not None:
         _shorten_stage(run, index, run.hooks.stage_steps(index, run.recipe.stages[index], 0))
     recipe, state, model = run.recipe, run.state, run.model
     stage = recipe.stages[index]
-    where = f"stage {index} ({stage.name})"
+    at, seed = f"{recipe.name}: stages[{index}]", recipe.seed * 1000 + index
     if not resuming:
         state.stage, state.stage_step, state.mixture, state.scheduler = index, 0, None, None
         # Same seed on every process, so adapters start identical (DDP also broadcasts rank 0's weights).
-        _seed(recipe.seed * 1000 + index)
+        _seed(seed)
     current = LoraSpec(**state.lora) if state.lora else None
     changed = set_lora(model, current, stage.lora)
     state.lora = dataclasses.asdict(stage.lora) if stage.lora else None
-    groups = configure_trainable(model, stage, f"{recipe.name}: stages[{index}]")
+    groups = configure_trainable(model, stage, at)
     present = named_parameters(model)
     trained = set(state.trained) | set(changed) | {n for g in groups for n in g["names"]}
     state.trained = sorted(n for n in trained if n in present)  # merged adapters are gone
     set_train_modes(model)
-    _set_checkpointing(model, stage.gradient_checkpointing)
+    set_activation_checkpointing(model, stage.gradient_checkpointing)
 
-    # A dense_patches stage trains the tower through a head of its own (train/dense.py): the module that
-    # accelerate prepares is then the tower + head, not the whole model.
-    target, head, targets = model, None, None
-    if stage.objective == "dense_patches":
-        vocab = len(run.processor.tokenizer)
-        target = build_dense_model(model, stage.dense, vocab, seed=recipe.seed * 1000 + index + 31)
-        head = target.dense_head
-        if resuming and run.head_state:
-            head.load_state_dict({k[len(HEAD) + 1 :]: v for k, v in run.head_state.items()})
-        head_lr = stage.dense.head_lr or max(stage.train.values(), default=stage.lora.lr if stage.lora else 1e-3)
-        for decay in (True, False):
-            members = [(n, p) for n, p in head.named_parameters() if (p.ndim >= 2) == decay]
-            groups.append(
-                {
-                    "params": [p for _, p in members],
-                    "names": [f"{HEAD}.{n}" for n, _ in members],
-                    "lr": head_lr,
-                    "weight_decay": stage.weight_decay if decay else 0.0,
-                    "module": HEAD,
-                }
-            )
-        cfg = model.config
-        targets = DenseTargets(
-            run.processor.tokenizer, cfg.image_size, cfg.vision_config.patch_size, stage.dense.min_cover
-        )
-    run.head_state = None
+    # The objective may train through a module of its own (objectives.py): accelerate prepares that one.
+    objective = OBJECTIVES[stage.objective](stage, model, run.processor, seed=seed)
+    groups += objective.param_groups
+    if run.objective_state is not None:  # the first stage after a resume
+        objective.load_state_dict(run.objective_state, str(run.resume_from.path))
+        run.objective_state = None
 
     processor = stage_processor(run.processor, stage.template)
-    dense = stage.objective == "dense_patches"
-    data = build_sources(stage.data, processor, f"{recipe.name}: stages[{index}]", images_only=dense)
+    data = build_sources(stage.data, processor, at, images_only=objective.images_only)
     # One global batch of batch_size x processes per micro-step; each process takes its slice.
-    mixture = Mixture(data.sources, seed=recipe.seed * 1000 + index, batch_size=stage.batch_size * run.world)
+    mixture = Mixture(data.sources, seed=seed, batch_size=stage.batch_size * run.world)
     optimizer = adamw([{k: v for k, v in g.items() if k != "names"} for g in groups], betas=(0.9, 0.999))
     schedule = WarmupCosine(stage.warmup_steps or 0, stage.steps, stage.min_lr_ratio)
     scheduler = warmup_cosine(optimizer, schedule)
@@ -365,37 +225,20 @@ def _run_stage(run: _Run, index: int) -> None:
         scheduler.load_state_dict(state.scheduler)
         mixture.load_state_dict(state.mixture)
     trainable = [p for g in groups for p in g["params"]]
-    accelerator = _accelerator(stage, run.cpu)
+    accelerator = stage_accelerator(stage.precision, stage.grad_accum, run.cpu)
     # The scheduler is stepped by hand once per optimizer update: accelerate's wrapper would step it once per
     # process, and a skipped (non-finite) step must not advance it.
-    prepared, prepared_optimizer = accelerator.prepare(target, optimizer)
+    module, optimizer = accelerator.prepare(objective.module, optimizer)
     if resuming and run.resume_from.rng is not None:
         checkpoint.set_rng_state(run.resume_from.rng)
     else:
-        _seed(recipe.seed * 1000 + index + 7919 * (run.rank + 1))  # e.g. LoRA dropout differs per process
+        _seed(seed + 7919 * (run.rank + 1))  # e.g. LoRA dropout differs per process
     run.resume_from = None
 
-    bar = Progress(
-        stage.steps,
-        state.stage_step,
-        f"[{index + 1}/{len(recipe.stages)}] {stage.name}",
-        run.main and run.progress,
-    )
+    title = f"[{index + 1}/{len(recipe.stages)}] {stage.name}"
+    bar = Progress(stage.steps, state.stage_step, title, run.main and run.progress)
     ctx = _StageContext(
-        run,
-        index,
-        stage,
-        accelerator,
-        prepared,
-        prepared_optimizer,
-        scheduler,
-        mixture,
-        data,
-        processor,
-        trainable,
-        head,
-        targets,
-        coordinate_token_ids(processor) if stage.coordinate_sigma else None,
+        run, stage, accelerator, objective, module, optimizer, scheduler, trainable, mixture, data, processor
     )
     try:
         while True:
@@ -413,32 +256,29 @@ def _run_stage(run: _Run, index: int) -> None:
     # Stage done: the checkpoint marks the next stage's start (its optimizer starts fresh).
     state.stage, state.stage_step = index + 1, 0
     _save(ctx, with_optimizer=False)
-    accelerator.unwrap_model(prepared, keep_fp32_wrapper=False)  # drop the autocast wrapper of this stage
+    accelerator.unwrap_model(module, keep_fp32_wrapper=False)  # drop the autocast wrapper of this stage
     accelerator.free_memory()
     if run.main:
         for name, dataset in data.datasets.items():
             if dataset.report.skipped:
-                print(f"{where}: {name}: {dataset.report.summary()}", flush=True)
+                print(f"stage {index} ({stage.name}): {name}: {dataset.report.summary()}", flush=True)
 
 
 @dataclass
 class _StageContext:
-    """What one stage's steps need: the prepared model and optimizer, schedule, data."""
+    """What one stage's steps need: the objective, the prepared model and optimizer, schedule, data."""
 
     run: _Run
-    index: int
     stage: StageSpec
     accelerator: Accelerator
-    model: nn.Module  # prepared (possibly DDP-wrapped)
+    objective: Objective
+    model: nn.Module  # prepared (possibly DDP-wrapped): the objective's module
     optimizer: torch.optim.Optimizer  # prepared
     scheduler: torch.optim.lr_scheduler.LRScheduler
+    trainable: list[nn.Parameter]
     mixture: Mixture
     data: StageData
-    processor: object
-    trainable: list[nn.Parameter]
-    head: nn.Module | None = None  # dense_patches: the training-only head (saved in checkpoints only)
-    targets: DenseTargets | None = None  # dense_patches: per-patch targets of the samples
-    coordinate_ids: torch.Tensor | None = None  # coordinate_sigma: the coordinate tokens in value order, [K]
+    processor: object  # the stage's (its template)
 
 
 def _reduce(ctx: _StageContext, values: list[float]) -> list[float]:
@@ -451,7 +291,7 @@ def _reduce(ctx: _StageContext, values: list[float]) -> list[float]:
 
 def _step(ctx: _StageContext, bar: Progress) -> None:
     """One optimizer step: draw, forward/backward every micro-batch, update (or skip), log, maybe save."""
-    run, stage, state, acc = ctx.run, ctx.stage, ctx.run.state, ctx.accelerator
+    run, stage, state, acc, objective = ctx.run, ctx.stage, ctx.run.state, ctx.accelerator, ctx.objective
     start = time.perf_counter()
     step = state.global_step + 1
     b, rank = stage.batch_size, run.rank
@@ -460,14 +300,10 @@ def _step(ctx: _StageContext, bar: Progress) -> None:
     for _ in range(stage.grad_accum):
         name, indices = ctx.mixture.next_batch()
         samples = ctx.data.samples(name, indices[rank * b : (rank + 1) * b])
-        batch = ctx.processor.pad(samples, side="right")
-        tasks = [s.meta.get("task") or name for s in samples]
-        if ctx.targets is not None:
-            batch.update(ctx.targets.batch(samples))
-            tasks = [stage.objective] * len(samples)  # the conversations are not what this stage trains
+        batch = {**ctx.processor.pad(samples, side="right"), **objective.targets(samples)}
         batch = {k: v.to(acc.device) for k, v in batch.items()}
-        micro.append((name, batch, tasks))
-    units = [objective_units(stage.objective, m[1]) for m in micro]
+        micro.append((name, batch, objective.tasks(samples, name)))
+    units = [objective.units(m[1]) for m in micro]
     # Every process must agree to stop at the same step, so the stop request travels with the unit count.
     total_units, stop_votes = _reduce(
         ctx, [float(sum(int(u.sum()) for u in units)), float(run.stop.received is not None)]
@@ -484,6 +320,7 @@ def _step(ctx: _StageContext, bar: Progress) -> None:
     # over processes, so both are multiplied back: the gradient is that of the mean over all units.
     scale = run.world * stage.grad_accum / total_units
     loss_sum = 0.0
+    logged: dict = {}  # the fields the objective adds to the metrics row: its last forward's
     task_sums: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
     for (_source, batch, tasks), counts in zip(micro, units, strict=True):
         # group_by_length: one forward/backward per length-grouped sub-batch (train/packing.py)
@@ -496,9 +333,8 @@ def _step(ctx: _StageContext, bar: Progress) -> None:
                 # DDP all-reduces on the micro-step's last backward only (no_sync is a no-op on one process)
                 last = j == len(parts) - 1
                 with contextlib.nullcontext() if last else acc.no_sync(ctx.model):
-                    part_losses = objective_losses(
-                        stage, ctx.model, part.batch, ctx.coordinate_ids
-                    )  # [B_part]
+                    part_losses, terms = objective.losses(ctx.model, part.batch)  # [B_part]
+                    logged.update(terms)
                     loss = part_losses.sum() * scale
                     if run.hooks.loss is not None:
                         loss = run.hooks.loss(step, loss)
@@ -534,7 +370,9 @@ def _step(ctx: _StageContext, bar: Progress) -> None:
     samples = b * run.world * stage.grad_accum
     state.samples += samples
     speed = samples / max(time.perf_counter() - start, 1e-9)
-    task_loss = _task_losses(ctx, task_sums) if finite else {}
+    task_loss = {}
+    if finite:  # every process agrees: the loss and gradient norm are reduced over all of them
+        task_loss = task_means(gather_object([dict(task_sums)]) if run.world > 1 else [task_sums])
     if run.main:
         run.metrics.write(
             {
@@ -550,8 +388,7 @@ def _step(ctx: _StageContext, bar: Progress) -> None:
                 "skipped": not finite,
                 "nonfinite": state.nonfinite_total,
                 "source": sorted({m[0] for m in micro}),
-                # embedding codec: this process's last micro-batch's location terms (box_l1, box_giou, ...)
-                **({"location_losses": terms} if (terms := getattr(run.model, TERMS_ATTRIBUTE, None)) else {}),
+                **logged,
             }
         )
     bar.update(step_loss if finite else None, max(lrs.values()), speed)
@@ -570,47 +407,29 @@ def _step(ctx: _StageContext, bar: Progress) -> None:
         _save(ctx)
 
 
-def _task_losses(ctx: _StageContext, task_sums: dict[str, list[float]]) -> dict[str, float]:
-    """Per-task mean token loss of the step over all processes."""
-    if ctx.run.world > 1:
-        merged: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
-        for part in gather_object([dict(task_sums)]):
-            for task, (total, count) in part.items():
-                merged[task][0] += total
-                merged[task][1] += count
-        task_sums = merged
-    return {t: total / count for t, (total, count) in sorted(task_sums.items()) if count > 0}
-
-
 def _save(ctx: _StageContext, with_optimizer: bool = True) -> Path:
     """Write a checkpoint of the current step from all processes; returns its directory."""
-    run, state, acc = ctx.run, ctx.run.state, ctx.accelerator
-    if run.main:
-        checkpoint.begin(run.out, state.global_step)
-    acc.wait_for_everyone()
-    tmp = checkpoint.temp_dir(run.out, state.global_step)
-    checkpoint.write_rank(tmp, run.rank)
-    if run.main:
+    run, state = ctx.run, ctx.run.state
+
+    def contents() -> dict:
         state.mixture = ctx.mixture.state_dict() if with_optimizer else None
         state.scheduler = ctx.scheduler.state_dict() if with_optimizer else None
-        # The model's own object (prepare wraps it, it does not copy it), so a dense stage's tower + head
-        # wrapper does not hide the language model's weights trained in earlier stages.
+        # The model's own object (prepare wraps it, it does not copy it), so an objective's module (the dense
+        # stage's tower + head) does not hide the language model's weights trained in earlier stages.
         weights = trained_state(run.model, state.trained)
-        if ctx.head is not None and with_optimizer:
-            weights.update({f"{HEAD}.{k}": v.detach().clone() for k, v in ctx.head.state_dict().items()})
-        checkpoint.write_main(
-            tmp,
-            weights=weights,
-            optimizer=ctx.optimizer.state_dict() if with_optimizer else None,
-            state=dataclasses.asdict(state),
-            recipe_yaml=run.recipe_yaml,
-        )
-    acc.wait_for_everyone()
-    final = run.out / checkpoint.CHECKPOINTS / checkpoint.step_name(state.global_step)
-    if run.main:
-        final = checkpoint.commit(run.out, state.global_step)
-    acc.wait_for_everyone()
-    return final
+        if with_optimizer:  # mid-stage: the objective's own tensors too
+            weights.update(ctx.objective.state_dict())
+        return {
+            "weights": weights,
+            "optimizer": ctx.optimizer.state_dict() if with_optimizer else None,
+            "state": dataclasses.asdict(state),
+            "recipe_yaml": run.recipe_yaml,
+        }
+
+    barrier = ctx.accelerator.wait_for_everyone
+    return checkpoint.save(
+        run.out, state.global_step, rank=run.rank, main=run.main, barrier=barrier, contents=contents
+    )
 
 
 def _finish(run: _Run) -> Path:
@@ -622,19 +441,8 @@ def _finish(run: _Run) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         run.model.save_pretrained(tmp)
         run.processor.save_pretrained(tmp)
-        old = run.out / ".old-model"
-        if target.exists():
-            os.replace(target, old)
-        os.replace(tmp, target)
-        shutil.rmtree(old, ignore_errors=True)
-        try:
-            from .plots import plot_losses
-
-            plot_losses(run.out / "metrics.jsonl", run.out / "loss.png", title=run.recipe.name)
-        except ImportError:
-            print("matplotlib is not installed: no loss.png (pip install matplotlib)", flush=True)
-        except ValueError as err:
-            print(f"no loss.png: {err}", flush=True)
+        checkpoint.replace_dir(tmp, target, run.out / ".old-model")
+        draw_run(run.out, run.recipe.name)
         print(
             f"done: {run.state.global_step} steps, {run.state.nonfinite_total} skipped; model in {target}",
             flush=True,

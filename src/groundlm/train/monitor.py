@@ -4,16 +4,20 @@
 
     {"step": 12, "stage": "sft", "stage_step": 12, "loss": 3.41, "task_loss": {"refer": 3.9, "vqa": 2.2},
      "lr": 0.0004, "lr_groups": {"connector": 0.0004, ...}, "samples_per_s": 61.3, "grad_norm": 1.7,
-     "skipped": false, "nonfinite": 0, "source": "shapes"}
+     "skipped": false, "nonfinite": 0, "source": ["shapes"]}
 
-`loss` is the mean over the step's supervised tokens (all processes, all micro-batches); `task_loss` the same
-mean restricted to each task's samples. A skipped (non-finite) step has `loss: null` and `skipped: true`.
+`loss` is the mean over the step's loss units (all processes, all micro-batches; for an `lm` stage, the
+supervised tokens: train/objectives.py); `task_loss` the same mean restricted to each task's samples. A
+skipped (non-finite) step has `loss: null` and `skipped: true`. An objective may add fields of its own: an
+`lm` stage of a model whose output carries location losses adds `location_losses` (each term's value in
+this process's last forward of the step).
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections import defaultdict
 from pathlib import Path
 
 from tqdm import tqdm
@@ -22,9 +26,15 @@ from tqdm import tqdm
 class MetricsLog:
     """Append-only JSONL metrics, flushed every line so a killed run keeps everything up to its last step."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, resume_at: int | None = None):
+        """A new log (a file already there is replaced), or with `resume_at` the log of a run resumed at
+        that step (the rows it logged after its checkpoint are dropped: those steps run again)."""
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if resume_at is None:
+            self.path.unlink(missing_ok=True)
+        else:
+            rewind_metrics(self.path, resume_at)
         self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
 
     def write(self, row: dict) -> None:
@@ -60,6 +70,16 @@ def rewind_metrics(path: str | Path, step: int) -> None:
     tmp = path.with_suffix(".jsonl.tmp")
     tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     os.replace(tmp, path)
+
+
+def task_means(parts: list[dict[str, list[float]]]) -> dict[str, float]:
+    """Each task's mean loss per unit, from every process's `{task: [loss sum, units]}`, by task name."""
+    merged: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+    for part in parts:
+        for task, (total, count) in part.items():
+            merged[task][0] += total
+            merged[task][1] += count
+    return {t: total / count for t, (total, count) in sorted(merged.items()) if count > 0}
 
 
 class Progress:

@@ -14,7 +14,7 @@ A right-padded batch spends the language model's compute on every padding positi
   CPU that mask is a dense [R, 1, L, L] tensor and the attention of a row costs L^2 whatever the boundaries,
   so packing pays only where padding outweighs that; bench/train_throughput.py measures both.
 
-Neither applies to batches with per-box tensors (the embedding codec's `slot_boxes`/`trigger_boxes`) or a
+Neither applies to batches with other per-sample tensors (a location codec's per-box targets) or a
 dense objective's per-patch targets: those are returned whole.
 """
 

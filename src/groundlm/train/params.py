@@ -1,4 +1,5 @@
-"""What trains in a stage: freezing, LoRA adapters (peft), parameter groups, and stable parameter names.
+"""What trains in a stage: freezing, LoRA adapters (peft), parameter groups, train/eval modes and activation
+checkpointing, and stable parameter names.
 
 peft renames what it wraps (`language_model.base_model.model.…q_proj.base_layer.weight`). Checkpoints and
 module paths use *canonical* names with those wrapper parts removed, so a name means the same weight whether
@@ -140,6 +141,20 @@ def set_train_modes(model: GroundLMForConditionalGeneration) -> None:
         module = getattr(model, name)
         if not any(p.requires_grad for p in module.parameters()):
             module.eval()
+
+
+def set_activation_checkpointing(model: nn.Module, on: bool) -> None:
+    """Activation (gradient) checkpointing on or off; non-reentrant, so frozen inputs need no grad hack."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x; the old names warn
+        if on:
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.activation_checkpointing_disable()
+    elif on:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_disable()
 
 
 def trained_state(model: nn.Module, names: Iterable[str]) -> dict[str, torch.Tensor]:

@@ -68,3 +68,13 @@ def plot_losses(metrics: str | Path, png: str | Path, *, title: str = "") -> Pat
     fig.savefig(png)
     plt.close(fig)
     return png
+
+
+def draw_run(out: Path, title: str) -> None:
+    """`OUT/loss.png` of a run from its metrics, or a line saying why there is none."""
+    try:
+        plot_losses(out / "metrics.jsonl", out / "loss.png", title=title)
+    except ImportError:
+        print("matplotlib is not installed: no loss.png (pip install matplotlib)", flush=True)
+    except ValueError as err:
+        print(f"no loss.png: {err}", flush=True)

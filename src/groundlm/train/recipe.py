@@ -39,8 +39,6 @@ from ..modeling.config import CONNECTORS, FRAMES, IMAGE_POSITION_EMBEDDINGS
 from ..templates import TEMPLATES
 from .precision import PRECISIONS
 
-# Stage objectives the loop knows; `loop.run_stage` dispatches on this with a plain if.
-OBJECTIVES = ("lm", "dense_patches")
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -121,8 +119,8 @@ class StageSpec:
     name: str
     data: list[SourceSpec]
     train: dict[str, float] = field(default_factory=dict)  # module path -> learning rate
-    objective: str = "lm"
-    dense: DenseSpec | None = None  # dense_patches only (filled with defaults by resolve)
+    objective: str = "lm"  # a name in train/objectives.py OBJECTIVES
+    dense: DenseSpec | None = None  # dense_patches only (defaults filled as the recipe is read)
     template: str | None = None  # this stage's chat template (None: the model's), e.g. plain for alignment
     lora: LoraSpec | None = None
     steps: int = 100  # optimizer steps
@@ -300,8 +298,11 @@ def _check_source(s: SourceSpec, where: str) -> None:
 
 
 def _check_stage(s: StageSpec, where: str) -> None:
+    from .objectives import OBJECTIVES  # here: objectives.py imports this module
+
     if s.objective not in OBJECTIVES:
         raise RecipeError(f"{where}.objective: {s.objective!r} is not one of {list(OBJECTIVES)}")
+    OBJECTIVES[s.objective].check(s, where)
     if s.coordinate_sigma is not None and not s.coordinate_sigma > 0:
         raise RecipeError(
             f"{where}.coordinate_sigma: must be a positive number of bins, got {s.coordinate_sigma!r}"
@@ -356,12 +357,6 @@ def resolve(recipe: Recipe, *, world_size: int = 1, where: str = "recipe") -> Re
                 source.name = "shapes" if source.shapes is not None else Path(source.records).stem
             _check_source(source, f"{at}.data[{j}]")
         _check_stage(stage, at)
-        if stage.objective == "dense_patches" and stage.dense is None:
-            stage.dense = DenseSpec()
-        if stage.objective != "dense_patches" and stage.dense is not None:
-            raise RecipeError(f"{at}.dense: only a dense_patches stage takes dense settings")
-        if stage.dense is not None and not 0.0 < stage.dense.min_cover <= 1.0:
-            raise RecipeError(f"{at}.dense.min_cover: must be in (0, 1], got {stage.dense.min_cover}")
         if stage.warmup_steps is None:
             stage.warmup_steps = round(stage.warmup_ratio * stage.steps)
         if stage.global_batch is not None:
