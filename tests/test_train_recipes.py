@@ -93,9 +93,9 @@ def parts(tmp_path_factory):
     from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
 
     from groundlm.location import TextLocationCodec
-    from groundlm.presets import default_words
     from groundlm.templates import TASKS
     from groundlm.tokenizer import build_word_tokenizer
+    from groundlm.train.build import WORD_LISTS
 
     root = tmp_path_factory.mktemp("parts")
     torch.manual_seed(0)
@@ -109,7 +109,7 @@ def parts(tmp_path_factory):
     )
     CLIPVisionModel(vision).save_pretrained(root / "tower")
     tok = build_word_tokenizer(
-        default_words(),
+        WORD_LISTS["shapes"](),
         tokens=TextLocationCodec().special_tokens() + [f"[{t}]" for t in TASKS],
         special_tokens=["[INST]", "[/INST]", "<Img>", "</Img>"],
     )

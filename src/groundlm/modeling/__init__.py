@@ -6,8 +6,8 @@ Importing this package registers the model with transformers' Auto classes, so `
 
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
 
-from .config import CONNECTORS, VISION_TOWERS, GroundLMConfig
-from .connector import build_connector
+from .config import VISION_TOWERS, GroundLMConfig
+from .connector import CONNECTORS, build_connector
 from .model import GroundLMCausalLMOutputWithPast, GroundLMForConditionalGeneration, GroundLMPreTrainedModel
 from .vision import build_vision_tower, load_vision_tower, select_image_features
 

@@ -13,17 +13,13 @@ from typing import ClassVar
 from transformers import AutoConfig, Blip2QFormerConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
-CONNECTORS = ("linear", "mlp2x_gelu", "concat4", "qformer")
+from ..geometry import FRAMES
+from .connector import CONCAT_GROUP, CONNECTORS
+from .positions import IMAGE_POSITION_EMBEDDINGS
+
 SELECT_STRATEGIES = ("default", "full")
-FRAMES = ("resize", "pad")
-LOCATION_CODECS = ("text", "tokens", "embedding")
-# Fixed codes added to the visual tokens after the connector (modeling/positions.py).
-IMAGE_POSITION_EMBEDDINGS = ("none", "sincos2d")
 # Vision towers groundlm knows how many tokens of (CLIP, SigLIP, ViT).
 VISION_TOWERS = ("clip_vision_model", "siglip_vision_model", "vit")
-
-# concat4 folds this many sequence-adjacent vision tokens into one (MiniGPT-v2).
-CONCAT_GROUP = 4
 
 
 def tower_has_cls_token(vision_config: PreTrainedConfig) -> bool:
@@ -119,9 +115,12 @@ class GroundLMConfig(PreTrainedConfig):
             )
         if self.frame not in FRAMES:
             raise ValueError(f"unknown frame {self.frame!r}; choose one of {', '.join(FRAMES)}")
-        if self.location_codec not in LOCATION_CODECS:
+        # Imported here, not at the top: the location package may import modeling for its hooks.
+        from ..location_codecs import CODEC_NAMES
+
+        if self.location_codec not in CODEC_NAMES:
             raise ValueError(
-                f"unknown location_codec {self.location_codec!r}; choose one of {', '.join(LOCATION_CODECS)}"
+                f"unknown location_codec {self.location_codec!r}; choose one of {', '.join(CODEC_NAMES)}"
             )
         if (self.location_codec == "embedding") != (self.location_head is not None):
             raise ValueError("location_head (the box encoder/decoder settings) goes with location_codec 'embedding'")
@@ -178,4 +177,4 @@ class GroundLMConfig(PreTrainedConfig):
         return self.num_vision_features
 
 
-__all__ = ["CONNECTORS", "IMAGE_POSITION_EMBEDDINGS", "VISION_TOWERS", "GroundLMConfig", "tower_has_cls_token"]
+__all__ = ["VISION_TOWERS", "GroundLMConfig", "tower_has_cls_token"]
