@@ -42,6 +42,8 @@ human assistant user system the a an is are what where which how many there this
 or not no yes image picture photo please describe tell me show find give location object cup
 """.split()
 
+# The dtypes pretrained parts can be loaded in (`ModelSpec.dtype`; a model built from scratch is float32).
+DTYPES = ("float32", "bfloat16", "float16")
 # The word lists a model built from scratch can take (`ModelSpec.words`).
 WORD_LISTS: dict[str, Callable[[], list[str]]] = {
     "shapes": lambda: [*vocabulary(), *EXTRA_WORDS],  # everything ShapesWorld and its task builders emit

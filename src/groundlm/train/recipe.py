@@ -1,10 +1,11 @@
 """Training recipes: typed dataclasses, loaded from YAML with errors that name the file and the field.
 
-A recipe is a model spec, a seed and a list of stages. Every stage says which modules train and at what
-learning rate, the data mixture, the schedule and the numerics. `stage_defaults` in the YAML are merged under
-every stage, so a three-stage recipe states shared settings once. `resolve()` fills every default (warmup from
-`warmup_ratio`, `grad_accum` from `global_batch`), and the resolved recipe is what is saved beside every
-checkpoint and compared on `--resume`.
+A recipe is a model spec (`presets.ModelSpec`), a seed and a list of stages. Every stage says which modules
+train and at what learning rate, the data mixture, the schedule and the numerics. `stage_defaults` in the YAML
+are merged under every stage, so a three-stage recipe states shared settings once, and a model's `preset`
+(`presets.PRESETS`) is merged under its own fields the same way. `resolve()` fills every default (warmup from
+`warmup_ratio`, `grad_accum` from `global_batch`), and the resolved recipe, every model field included, is
+what is saved beside every checkpoint and compared on `--resume`.
 
     name: shapes
     seed: 0
@@ -39,13 +40,12 @@ from ..modeling.location_heads import LocationHeadConfig
 from ..modeling.positions import COORDINATE_INITS, IMAGE_POSITION_EMBEDDINGS
 from ..presets import PRESETS, PRETRAINED_ONLY, SCRATCH_ONLY, SIZES, ModelSpec, field_default, get_preset
 from ..templates import TEMPLATES
-from .build import WORD_LISTS
+from .build import DTYPES, WORD_LISTS
 from .precision import PRECISIONS
 from .schema import RecipeError, build, expand
 
 # Stage objectives the loop knows; `loop.run_stage` dispatches on this with a plain if.
 OBJECTIVES = ("lm", "dense_patches")
-DTYPES = ("float32", "bfloat16", "float16")
 
 
 @dataclass
@@ -302,11 +302,12 @@ def from_dict(data: Any, source: str = "recipe", *, world_size: int = 1) -> Reci
         # Defaults first, the stage's own fields over them (a stage's lora: null switches LoRA off).
         data["stages"] = [{**defaults, **s} if isinstance(s, dict) else s for s in stages]
     model = data.get("model")
-    if isinstance(model, dict) and model.get("preset") is not None:
+    preset = model.get("preset") if isinstance(model, dict) else None
+    if isinstance(preset, str):
         # The preset's overrides first, the recipe's own model fields over them.
-        if model["preset"] not in PRESETS:
-            raise RecipeError(f"{source}: model.preset: unknown preset {model['preset']!r}; choose one of {sorted(PRESETS)}")
-        data["model"] = {**PRESETS[model["preset"]], **model}
+        if preset not in PRESETS:
+            raise RecipeError(f"{source}: model.preset: unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+        data["model"] = {**PRESETS[preset], **model}
     try:
         recipe = build(Recipe, data, "")
     except RecipeError as err:
