@@ -31,7 +31,7 @@ def test_every_shipped_recipe_dry_runs(name, tmp_path):
     assert [r["stage"] for r in rows] == [s.name for s in recipe.stages for _ in range(2)]
     assert all(math.isfinite(r["loss"]) and r["task_loss"] for r in rows)
     lm = groundlm.load(tmp_path / "model")
-    assert lm.processor.config.template == (recipe.model.template or "llama2")
+    assert lm.processor.config.template == recipe.model.template
     assert (tmp_path / "loss.png").stat().st_size > 1000
     # The resolved recipe sits beside every checkpoint and reads back to the same recipe.
     saved = (checkpoint.latest(tmp_path) / "recipe.yaml").read_text()

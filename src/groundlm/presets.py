@@ -22,7 +22,7 @@ from typing import Any
 class ModelSpec:
     """The model to build: from scratch (the sizes below) or from pretrained parts (`vision_tower` + LM)."""
 
-    preset: str | None = None  # the name of the PRESETS entry this spec was resolved from (None: none)
+    preset: str | None = None  # the PRESETS entry this spec was resolved from (a label; get_preset applies it)
     vision_tower: str | None = None  # pretrained: a CLIP / SigLIP / ViT checkpoint
     language_model: str | None = None  # pretrained: a causal LM checkpoint with its tokenizer
     dtype: str = "float32"  # pretrained: the dtype the parts are loaded in (from scratch: always float32)
@@ -35,15 +35,15 @@ class ModelSpec:
     text_layers: int = 2
     heads: int = 4  # attention heads of the tower and of the language model
     words: str = "shapes"  # the word list of the word-level tokenizer (train/build.py WORD_LISTS)
-    coordinate_init: str = "random"  # random | sincos: `<0>`..`<bins>` start from a code of their value
+    coordinate_init: str = "random"  # how `<0>`..`<bins>` start (modeling/positions.py COORDINATE_INITS)
     vision_feature_norm: bool = False  # a LayerNorm (module `vision_norm`) on the tower's features
     # Both kinds:
     connector: str = "mlp2x_gelu"  # vision features -> LM embeddings (modeling/connector.py CONNECTORS)
     template: str = "llama2"  # the chat template the finished model is used with (templates.py TEMPLATES)
-    frame: str = "resize"  # how an image fits the square input: resize | pad (geometry.py FRAMES)
+    frame: str = "resize"  # how an image fits the square input (geometry.py FRAMES)
     vision_feature_layer: int = -2  # which tower layer the connector reads (-1: the last)
-    image_position_embedding: str = "none"  # none | sincos2d, added after the connector (modeling/positions.py)
-    location_codec: str = "text"  # text | tokens (<loc_k>) | embedding (NExT-Chat): location_codecs.py
+    image_position_embedding: str = "none"  # a fixed code on the visual tokens (modeling/positions.py)
+    location_codec: str = "text"  # how locations are written (location_codecs.py CODEC_NAMES)
     location_bins: int = 100  # coordinate bins of the text and tokens codecs
     # embedding codec: LocationHeadConfig overrides (l1_weight, giou_weight, cycle_weight, mask_decoder, ...)
     location_head: dict[str, Any] | None = None

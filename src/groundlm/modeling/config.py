@@ -16,20 +16,7 @@ from transformers.configuration_utils import SubConfigSpec
 from ..geometry import FRAMES
 from .connector import CONCAT_GROUP, CONNECTORS
 from .positions import IMAGE_POSITION_EMBEDDINGS
-
-SELECT_STRATEGIES = ("default", "full")
-# Vision towers groundlm knows how many tokens of (CLIP, SigLIP, ViT).
-VISION_TOWERS = ("clip_vision_model", "siglip_vision_model", "vit")
-
-
-def tower_has_cls_token(vision_config: PreTrainedConfig) -> bool:
-    """Whether the tower prepends a CLS token to its patch tokens (CLIP and ViT do, SigLIP does not)."""
-    model_type = vision_config.model_type
-    if model_type in ("clip_vision_model", "vit"):
-        return True
-    elif model_type == "siglip_vision_model":
-        return False
-    raise ValueError(f"unsupported vision tower {model_type!r}; choose one of {', '.join(VISION_TOWERS)}")
+from .vision import SELECT_STRATEGIES, tower_has_cls_token
 
 
 class GroundLMConfig(PreTrainedConfig):
@@ -177,4 +164,4 @@ class GroundLMConfig(PreTrainedConfig):
         return self.num_vision_features
 
 
-__all__ = ["VISION_TOWERS", "GroundLMConfig", "tower_has_cls_token"]
+__all__ = ["GroundLMConfig"]
