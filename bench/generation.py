@@ -19,7 +19,8 @@ import torch
 from groundlm.data.shapes import scene_at, scene_records
 from groundlm.export import to_llava
 from groundlm.inference import GroundLM
-from groundlm.presets import Preset, build_model
+from groundlm.presets import ModelSpec as Preset
+from groundlm.presets import build_model
 
 SIZES = {
     # the demo's scale, and a ~100M-parameter configuration (as the performance issue asks)

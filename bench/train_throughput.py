@@ -44,7 +44,8 @@ from torch import nn
 
 from groundlm.data.mixture import Mixture, Source
 from groundlm.export import to_llava
-from groundlm.presets import Preset, build_model
+from groundlm.presets import ModelSpec as Preset
+from groundlm.presets import build_model
 from groundlm.processor import Encoded, GroundLMProcessor
 from groundlm.train.objectives import lm_token_losses
 from groundlm.train.optim import adamw, is_fused

@@ -4,13 +4,14 @@ import pytest
 from PIL import Image
 
 from groundlm.data.dataset import RecordDataset, SampleError
-from groundlm.presets import PRESETS, build_processor
+from groundlm.presets import get_preset
 from groundlm.records import GroundTruthObject, Message, Record, write_jsonl
+from groundlm.train.build import scratch_processor
 
 
 @pytest.fixture(scope="module")
 def proc():
-    return build_processor(PRESETS["tiny"], 16)
+    return scratch_processor(get_preset("tiny"))
 
 
 def _rec(rid, image="img.png", box=(10, 10, 30, 30), answer="<box:0>"):

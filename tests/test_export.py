@@ -5,7 +5,8 @@ import torch
 from transformers import LlavaForConditionalGeneration
 
 from groundlm.export import export_llava, to_llava
-from groundlm.presets import Preset, build_model
+from groundlm.presets import ModelSpec as Preset
+from groundlm.presets import build_model
 from groundlm.processor import IGNORE_INDEX
 
 LLAVA_LIKE = Preset(connector="mlp2x_gelu", template="llava_v1", frame="pad")

@@ -15,7 +15,8 @@ import torch
 
 from groundlm.data.shapes import ShapesConfig, scene_at, scene_records
 from groundlm.geometry import box_iou
-from groundlm.presets import Preset, build_model, get_preset
+from groundlm.presets import ModelSpec as Preset
+from groundlm.presets import build_model, get_preset
 from groundlm.train.objectives import LMObjective
 from groundlm.train.recipe import StageSpec
 

@@ -12,7 +12,8 @@ import copy
 import pytest
 import torch
 
-from groundlm.presets import Preset, build_model
+from groundlm.presets import ModelSpec as Preset
+from groundlm.presets import build_model
 from groundlm.train import TrainHooks, train
 from groundlm.train.monitor import read_metrics
 from groundlm.train.objectives import lm_token_losses

@@ -5,15 +5,16 @@ import torch
 from PIL import Image
 
 from groundlm.geometry import Frame
-from groundlm.presets import PRESETS, build_processor
+from groundlm.presets import get_preset
 from groundlm.processor import IGNORE_INDEX, GroundLMProcessor
+from groundlm.train.build import scratch_processor
 
 N_IMG = 16
 
 
 @pytest.fixture(scope="module")
 def proc() -> GroundLMProcessor:
-    return build_processor(PRESETS["tiny"], N_IMG)
+    return scratch_processor(get_preset("tiny"))
 
 
 def _messages():

@@ -31,7 +31,7 @@ def test_every_shipped_recipe_dry_runs(name, tmp_path):
     assert [r["stage"] for r in rows] == [s.name for s in recipe.stages for _ in range(2)]
     assert all(math.isfinite(r["loss"]) and r["task_loss"] for r in rows)
     lm = groundlm.load(tmp_path / "model")
-    assert lm.processor.config.template == (recipe.model.template or "llama2")
+    assert lm.processor.config.template == recipe.model.template
     assert (tmp_path / "loss.png").stat().st_size > 1000
     # The resolved recipe sits beside every checkpoint and reads back to the same recipe.
     saved = (checkpoint.latest(tmp_path) / "recipe.yaml").read_text()
@@ -93,9 +93,9 @@ def parts(tmp_path_factory):
     from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
 
     from groundlm.location import TextLocationCodec
-    from groundlm.presets import default_words
     from groundlm.templates import TASKS
     from groundlm.tokenizer import build_word_tokenizer
+    from groundlm.train.build import WORD_LISTS
 
     root = tmp_path_factory.mktemp("parts")
     torch.manual_seed(0)
@@ -109,7 +109,7 @@ def parts(tmp_path_factory):
     )
     CLIPVisionModel(vision).save_pretrained(root / "tower")
     tok = build_word_tokenizer(
-        default_words(),
+        WORD_LISTS["shapes"](),
         tokens=TextLocationCodec().special_tokens() + [f"[{t}]" for t in TASKS],
         special_tokens=["[INST]", "[/INST]", "<Img>", "</Img>"],
     )

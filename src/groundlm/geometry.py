@@ -26,6 +26,9 @@ import torch
 Box = tuple[float, float, float, float]
 Point = tuple[float, float]
 
+# The two ways an image fits the model's square input (`Frame.mode`): stretched, or letterboxed (LLaVA).
+FRAMES = ("resize", "pad")
+
 # Keeps tensor IoU/GIoU finite (and their gradients) when a box has zero area.
 _EPS = 1e-7
 
@@ -212,8 +215,8 @@ class Frame:
                 raise ValueError(f"Frame {name} must be a positive integer, got {value!r}")
             # Store a plain int so numpy integers (e.g. from array shapes) don't leak into arithmetic.
             object.__setattr__(self, name, int(value))
-        if self.mode not in ("resize", "pad"):
-            raise ValueError(f"Frame mode must be 'resize' or 'pad', got {self.mode!r}")
+        if self.mode not in FRAMES:
+            raise ValueError(f"Frame mode must be one of {', '.join(FRAMES)}, got {self.mode!r}")
 
     @property
     def side(self) -> int:

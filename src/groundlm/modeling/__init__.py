@@ -6,10 +6,10 @@ Importing this package registers the model with transformers' Auto classes, so `
 
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
 
-from .config import CONNECTORS, VISION_TOWERS, GroundLMConfig
-from .connector import build_connector
+from .config import GroundLMConfig
+from .connector import CONNECTORS, build_connector
 from .model import GroundLMCausalLMOutputWithPast, GroundLMForConditionalGeneration, GroundLMPreTrainedModel
-from .vision import build_vision_tower, load_vision_tower, select_image_features
+from .vision import VISION_TOWERS, build_vision_tower, load_vision_tower, select_image_features
 
 # exist_ok: re-importing (e.g. importlib.reload in a notebook) must not fail.
 AutoConfig.register(GroundLMConfig.model_type, GroundLMConfig, exist_ok=True)

@@ -13,27 +13,10 @@ from typing import ClassVar
 from transformers import AutoConfig, Blip2QFormerConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
-CONNECTORS = ("linear", "mlp2x_gelu", "concat4", "qformer")
-SELECT_STRATEGIES = ("default", "full")
-FRAMES = ("resize", "pad")
-LOCATION_CODECS = ("text", "tokens", "embedding")
-# Fixed codes added to the visual tokens after the connector (modeling/positions.py).
-IMAGE_POSITION_EMBEDDINGS = ("none", "sincos2d")
-# Vision towers groundlm knows how many tokens of (CLIP, SigLIP, ViT).
-VISION_TOWERS = ("clip_vision_model", "siglip_vision_model", "vit")
-
-# concat4 folds this many sequence-adjacent vision tokens into one (MiniGPT-v2).
-CONCAT_GROUP = 4
-
-
-def tower_has_cls_token(vision_config: PreTrainedConfig) -> bool:
-    """Whether the tower prepends a CLS token to its patch tokens (CLIP and ViT do, SigLIP does not)."""
-    model_type = vision_config.model_type
-    if model_type in ("clip_vision_model", "vit"):
-        return True
-    elif model_type == "siglip_vision_model":
-        return False
-    raise ValueError(f"unsupported vision tower {model_type!r}; choose one of {', '.join(VISION_TOWERS)}")
+from ..geometry import FRAMES
+from .connector import CONCAT_GROUP, CONNECTORS
+from .positions import IMAGE_POSITION_EMBEDDINGS
+from .vision import SELECT_STRATEGIES, tower_has_cls_token
 
 
 class GroundLMConfig(PreTrainedConfig):
@@ -119,9 +102,12 @@ class GroundLMConfig(PreTrainedConfig):
             )
         if self.frame not in FRAMES:
             raise ValueError(f"unknown frame {self.frame!r}; choose one of {', '.join(FRAMES)}")
-        if self.location_codec not in LOCATION_CODECS:
+        # Imported here, not at the top: the location package may import modeling for its hooks.
+        from ..location_codecs import CODEC_NAMES
+
+        if self.location_codec not in CODEC_NAMES:
             raise ValueError(
-                f"unknown location_codec {self.location_codec!r}; choose one of {', '.join(LOCATION_CODECS)}"
+                f"unknown location_codec {self.location_codec!r}; choose one of {', '.join(CODEC_NAMES)}"
             )
         if (self.location_codec == "embedding") != (self.location_head is not None):
             raise ValueError("location_head (the box encoder/decoder settings) goes with location_codec 'embedding'")
@@ -178,4 +164,4 @@ class GroundLMConfig(PreTrainedConfig):
         return self.num_vision_features
 
 
-__all__ = ["CONNECTORS", "IMAGE_POSITION_EMBEDDINGS", "VISION_TOWERS", "GroundLMConfig", "tower_has_cls_token"]
+__all__ = ["GroundLMConfig"]

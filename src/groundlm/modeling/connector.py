@@ -11,11 +11,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 from transformers import Blip2QFormerModel
 
-from .config import CONCAT_GROUP, CONNECTORS, GroundLMConfig
+if TYPE_CHECKING:  # config.py reads CONNECTORS from here, so this module must not import it at run time
+    from .config import GroundLMConfig
+
+# concat4 folds this many sequence-adjacent vision tokens into one (MiniGPT-v2).
+CONCAT_GROUP = 4
 
 
 class LinearConnector(nn.Module):
@@ -88,22 +94,32 @@ class QFormerConnector(nn.Module):
         return self.linear(out.last_hidden_state.to(self.linear.weight.dtype))  # [B, Q, D]
 
 
+def _sized(cls: type[nn.Module]):
+    """A constructor of `cls` from a config: vision width in, text width out."""
+    return lambda config: cls(
+        config.vision_config.hidden_size, config.text_config.hidden_size, bias=config.projector_bias
+    )
+
+
+_CONSTRUCTORS = {
+    "linear": _sized(LinearConnector),
+    "mlp2x_gelu": _sized(MLPConnector),
+    "concat4": _sized(Concat4Connector),
+    "qformer": QFormerConnector,
+}
+CONNECTORS = tuple(_CONSTRUCTORS)  # the valid values of `connector` (GroundLMConfig and recipes check these)
+
+
 def build_connector(config: GroundLMConfig) -> nn.Module:
     """The connector named by `config.connector`, sized from the vision and text configs."""
-    vision_hidden = config.vision_config.hidden_size
-    text_hidden = config.text_config.hidden_size
-    if config.connector == "linear":
-        return LinearConnector(vision_hidden, text_hidden, bias=config.projector_bias)
-    elif config.connector == "mlp2x_gelu":
-        return MLPConnector(vision_hidden, text_hidden, bias=config.projector_bias)
-    elif config.connector == "concat4":
-        return Concat4Connector(vision_hidden, text_hidden, bias=config.projector_bias)
-    elif config.connector == "qformer":
-        return QFormerConnector(config)
-    raise ValueError(f"unknown connector {config.connector!r}; choose one of {', '.join(CONNECTORS)}")
+    if config.connector not in _CONSTRUCTORS:
+        raise ValueError(f"unknown connector {config.connector!r}; choose one of {', '.join(CONNECTORS)}")
+    return _CONSTRUCTORS[config.connector](config)
 
 
 __all__ = [
+    "CONCAT_GROUP",
+    "CONNECTORS",
     "Concat4Connector",
     "LinearConnector",
     "MLPConnector",

@@ -14,11 +14,19 @@ location bins before coding, so the fastest frequency resolves about one bin.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 
-from .config import CONCAT_GROUP, GroundLMConfig
+from .connector import CONCAT_GROUP
 
+if TYPE_CHECKING:  # config.py reads IMAGE_POSITION_EMBEDDINGS from here, so no import of it at run time
+    from .config import GroundLMConfig
+
+# Fixed codes added to the visual tokens after the connector: none, or `image_position_codes`.
+IMAGE_POSITION_EMBEDDINGS = ("none", "sincos2d")
+# How a model built from scratch starts the rows of `<0>`..`<bins>`: random, or `init_coordinate_embeddings`.
+COORDINATE_INITS = ("random", "sincos")
 # The slowest frequency's wavelength, in bins: longer than the 0..bins range, so no two values share a code.
 MAX_WAVELENGTH = 400.0
 
@@ -79,8 +87,28 @@ def coordinate_code(bins: int, dim: int) -> torch.Tensor:
     return torch.cat([one, one], dim=-1)
 
 
+def init_coordinate_embeddings(model, ids: list[int]) -> None:
+    """Start the rows of `<0>`..`<bins>` (token `ids`, in value order) of the input embeddings and the lm_head
+    from `coordinate_code` (`coordinate_init="sincos"`).
+
+    Neighbouring bins then begin with similar embeddings and similar output rows, so learning that the answer is
+    "about 30" helps `<29>` and `<31>` too, and the input rows share the layout of the visual position code.
+    The code is scaled to the table's own init spread, so nothing else changes.
+    """
+    bins = len(ids) - 1
+    rows = torch.tensor(ids)  # [bins + 1]
+    with torch.no_grad():
+        for table in (model.get_input_embeddings().weight, model.get_output_embeddings().weight):
+            code = coordinate_code(bins, table.shape[1])  # [bins + 1, D], per-channel variance 1/2
+            scale = float(table.std()) * 2**0.5  # match the random rows' spread
+            table[rows] = (code * scale).to(table.dtype)
+
+
 __all__ = [
+    "COORDINATE_INITS",
+    "IMAGE_POSITION_EMBEDDINGS",
     "coordinate_code",
+    "init_coordinate_embeddings",
     "image_position_codes",
     "image_token_centres",
     "sincos_1d",

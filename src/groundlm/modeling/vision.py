@@ -8,6 +8,7 @@ pooler, which groundlm never uses). Features are one hidden state of the tower (
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 
 import torch
 from transformers import (
@@ -20,16 +21,41 @@ from transformers import (
     ViTModel,
 )
 
-from .config import VISION_TOWERS, tower_has_cls_token
+
+@dataclass(frozen=True)
+class _Tower:
+    """A kind of vision tower groundlm reads (keyed by its config's `model_type`)."""
+
+    model_class: type[PreTrainedModel]
+    has_cls_token: bool  # prepends a CLS token to its patch tokens
+    kwargs: dict = field(default_factory=dict)  # for from_config / from_pretrained
+
+
+_TOWERS = {
+    "clip_vision_model": _Tower(CLIPVisionModel, has_cls_token=True),
+    "siglip_vision_model": _Tower(SiglipVisionModel, has_cls_token=False),
+    # ViT's pooler (a dense layer on CLS) would never get gradients: groundlm reads hidden states only.
+    "vit": _Tower(ViTModel, has_cls_token=True, kwargs={"add_pooling_layer": False}),
+}
+VISION_TOWERS = tuple(_TOWERS)
+# `default` drops the CLS token when the tower has one; `full` keeps every token.
+SELECT_STRATEGIES = ("default", "full")
+
+
+def _tower(model_type: str) -> _Tower:
+    if model_type not in _TOWERS:
+        raise ValueError(f"unsupported vision tower {model_type!r}; choose one of {', '.join(VISION_TOWERS)}")
+    return _TOWERS[model_type]
+
+
+def tower_has_cls_token(vision_config: PreTrainedConfig) -> bool:
+    """Whether the tower prepends a CLS token to its patch tokens (CLIP and ViT do, SigLIP does not)."""
+    return _tower(vision_config.model_type).has_cls_token
 
 
 def build_vision_tower(vision_config: PreTrainedConfig) -> PreTrainedModel:
     """A randomly initialised vision tower for `vision_config` (CLIP, SigLIP or ViT)."""
-    tower_has_cls_token(vision_config)  # raises a clear error for an unsupported tower type
-    if vision_config.model_type == "vit":
-        # AutoModel would add ViT's pooler (a dense layer on CLS); its weights would never get gradients.
-        return AutoModel.from_config(vision_config, add_pooling_layer=False)
-    return AutoModel.from_config(vision_config)
+    return AutoModel.from_config(vision_config, **_tower(vision_config.model_type).kwargs)
 
 
 def load_vision_tower(path_or_id: str | os.PathLike, *, dtype: torch.dtype | None = None) -> PreTrainedModel:
@@ -50,20 +76,14 @@ def load_vision_tower(path_or_id: str | os.PathLike, *, dtype: torch.dtype | Non
     # Dual encoders ("clip", "siglip") nest the tower's config; a vision-only checkpoint is the tower.
     vision_config = getattr(config, "vision_config", None) or config
     model_type = vision_config.model_type
-    extra = {}
-    if model_type == "clip_vision_model":
-        tower_class = CLIPVisionModel
-    elif model_type == "siglip_vision_model":
-        tower_class = SiglipVisionModel
-    elif model_type == "vit":
-        tower_class, extra = ViTModel, {"add_pooling_layer": False}
-    else:
+    if model_type not in _TOWERS:
         raise ValueError(
             f"{str(path_or_id)!r} holds a {model_type!r} model, not a supported vision tower "
             f"({', '.join(VISION_TOWERS)})"
         )
+    tower = _TOWERS[model_type]
     # The vision classes read their half of a dual-encoder checkpoint (config and weights) by themselves.
-    return tower_class.from_pretrained(path_or_id, local_files_only=True, dtype=dtype, **extra)
+    return tower.model_class.from_pretrained(path_or_id, local_files_only=True, dtype=dtype, **tower.kwargs)
 
 
 def select_image_features(
@@ -74,8 +94,10 @@ def select_image_features(
     `strategy="default"` drops the CLS token when the tower has one (CLIP, ViT); `"full"` keeps every token.
     SigLIP has no CLS token, so both strategies give all its patch tokens.
     """
-    if strategy not in ("default", "full"):
-        raise ValueError(f"unknown vision_feature_select_strategy {strategy!r}; choose one of default, full")
+    if strategy not in SELECT_STRATEGIES:
+        raise ValueError(
+            f"unknown vision_feature_select_strategy {strategy!r}; choose one of {', '.join(SELECT_STRATEGIES)}"
+        )
     outputs = tower(pixel_values=pixel_values, output_hidden_states=True, return_dict=True)
     # hidden_states: (embeddings, layer_1, ..., layer_L), each [B, 1 + P, C] with a CLS token, else [B, P, C].
     features = outputs.hidden_states[layer]
@@ -84,4 +106,11 @@ def select_image_features(
     return features
 
 
-__all__ = ["build_vision_tower", "load_vision_tower", "select_image_features"]
+__all__ = [
+    "SELECT_STRATEGIES",
+    "VISION_TOWERS",
+    "build_vision_tower",
+    "load_vision_tower",
+    "select_image_features",
+    "tower_has_cls_token",
+]

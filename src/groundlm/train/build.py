@@ -1,16 +1,20 @@
-"""The model a recipe starts from: a preset with random weights, or pretrained parts joined by a new connector.
+"""The one builder of a model spec (`presets.ModelSpec`): from scratch, or pretrained parts joined by a connector.
 
-Pretrained parts are a vision tower (CLIP, SigLIP or ViT) and a causal language model with its tokenizer, each
-a local directory or a hub id already in the local cache; nothing is ever downloaded, and a missing part fails
-with an error that says what to fetch. The connector is new (random, seeded). The tokenizer gains only what
-the processor needs (the `<image>` placeholder and a pad token): a pretrained tokenizer must keep tokenising
-text exactly as the language model learned it, so template markers stay plain text.
+From scratch: the spec's sizes give the tower and language model configs, the weights are random (seeded) and
+the tokenizer is a word-level one over a word list (`WORD_LISTS`), the codec's tokens, the task tags and the
+templates' markers. From pretrained parts: a vision tower (CLIP, SigLIP or ViT) and a causal language model
+with its tokenizer, each a local directory or a hub id already in the local cache; nothing is ever downloaded,
+and a missing part fails with an error that says what to fetch. The connector is new (random, seeded). The
+tokenizer gains only what the processor needs (the `<image>` placeholder, a pad token, the codec's tokens): a
+pretrained tokenizer must keep tokenising text exactly as the language model learned it, so template markers
+stay plain text. Both end in the same place: one `GroundLMConfig` (config.json) and one `ProcessorConfig`
+(groundlm_processor.json) derived from the spec, location-head settings and generation config set once.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,44 +22,108 @@ import torch
 from tokenizers import AddedToken
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from ..data.shapes import vocabulary
 from ..images import CLIP_MEAN, CLIP_STD
 from ..location_codecs import make_codec
-from ..location_setup import add_location_tokens
+from ..location_setup import add_location_tokens, location_head_settings
 from ..modeling import GroundLMConfig, GroundLMForConditionalGeneration, build_connector, load_vision_tower
 from ..modeling.location_heads import build_location_heads
-from ..presets import build_model, get_preset
+from ..modeling.positions import init_coordinate_embeddings
+from ..presets import ModelSpec
 from ..processor import GroundLMProcessor, ProcessorConfig
-from ..templates import get_template
-from .recipe import ModelSpec, expand
+from ..templates import TASKS, get_template
+from ..tokenizer import build_word_tokenizer
+from .schema import expand
+
+# Words beyond ShapesWorld's vocabulary that small models should know: the template role words and a few
+# everyday words users type. Anything else maps to <unk>; a real recipe uses the language model's own tokenizer.
+EXTRA_WORDS = """
+human assistant user system the a an is are what where which how many there this that it of in on at to and
+or not no yes image picture photo please describe tell me show find give location object cup
+""".split()
+
+# The dtypes pretrained parts can be loaded in (`ModelSpec.dtype`; a model built from scratch is float32).
+DTYPES = ("float32", "bfloat16", "float16")
+# The word lists a model built from scratch can take (`ModelSpec.words`).
+WORD_LISTS: dict[str, Callable[[], list[str]]] = {
+    "shapes": lambda: [*vocabulary(), *EXTRA_WORDS],  # everything ShapesWorld and its task builders emit
+}
 
 
 def build_for_recipe(
     spec: ModelSpec, *, seed: int, templates: Sequence[str] = ()
 ) -> tuple[GroundLMForConditionalGeneration, GroundLMProcessor]:
-    """The model and processor of a recipe's model spec (deterministic for a seed).
+    """The model and processor of a model spec (deterministic for a seed).
 
-    `templates` are the other chat templates the recipe's stages use; a preset's word-level tokenizer gets
-    their markers as whole tokens too (a pretrained tokenizer is left as it is).
+    `templates` are the other chat templates the recipe's stages use; a word-level tokenizer gets their
+    markers as whole tokens too (a pretrained tokenizer is left as it is).
     """
-    if spec.preset is not None:
-        return _from_preset(spec, seed, templates)
-    if spec.coordinate_init not in (None, "random") or spec.vision_feature_norm:
-        raise ValueError("model.coordinate_init and vision_feature_norm apply to presets only")
-    return _from_parts(spec, seed)
+    if spec.vision_tower is None:
+        model, processor = _from_scratch(spec, seed)
+        _add_template_markers(model, processor.tokenizer, templates, seed)
+    else:
+        model, processor = _from_parts(spec, seed)
+    model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
+    model.generation_config.eos_token_id = processor.stop_token_id or processor.tokenizer.eos_token_id
+    return model, processor
 
 
-def _from_preset(spec: ModelSpec, seed: int, templates: Sequence[str]):
-    preset = get_preset(spec.preset)
-    overrides = {
-        k: getattr(spec, k)
-        for k in ("connector", "template", "frame", "image_position_embedding", "coordinate_init",
-                  "vision_feature_norm", "location_codec", "location_bins", "location_head")
-        if getattr(spec, k) is not None
+def scratch_processor(spec: ModelSpec) -> GroundLMProcessor:
+    """The processor of a model built from scratch: a word-level tokenizer over the spec's word list, the
+    codec's tokens, the task tags and the template's markers."""
+    template = get_template(spec.template)
+    tokenizer = build_word_tokenizer(
+        WORD_LISTS[spec.words](),
+        tokens=make_codec(spec).special_tokens() + [f"[{t}]" for t in TASKS],
+        # the stop string too: plain's "\n" would otherwise vanish in whitespace splitting
+        special_tokens=[*template.special_tokens, template.stop],
+    )
+    return _processor(spec, tokenizer, _vision_config(spec), CLIP_MEAN, CLIP_STD)
+
+
+def _vision_config(spec: ModelSpec) -> dict:
+    return {
+        "model_type": "clip_vision_model",
+        "image_size": spec.image_size,
+        "patch_size": spec.patch_size,
+        "hidden_size": spec.vision_hidden,
+        "intermediate_size": 2 * spec.vision_hidden,
+        "num_hidden_layers": spec.vision_layers,
+        "num_attention_heads": spec.heads,
     }
-    model, processor = build_model(replace(preset, **overrides), seed=seed)
+
+
+def _from_scratch(spec: ModelSpec, seed: int):
+    if spec.coordinate_init == "sincos" and spec.location_codec != "text":
+        # The code is laid out for the text codec's `<0>`..`<bins>`; other codecs have no such rows.
+        raise ValueError(f"coordinate_init 'sincos' is for the text codec, not {spec.location_codec!r}")
+    processor = scratch_processor(spec)
     tokenizer = processor.tokenizer
-    # Markers of the stages' other templates (e.g. plain's "\n" end token) must be whole tokens as well, or
-    # a word-level tokenizer drops them and the model never learns where an answer ends.
+    text = {
+        "model_type": "llama",
+        "vocab_size": len(tokenizer),
+        "hidden_size": spec.text_hidden,
+        "intermediate_size": 2 * spec.text_hidden,
+        "num_hidden_layers": spec.text_layers,
+        "num_attention_heads": spec.heads,
+        "num_key_value_heads": spec.heads,
+        "max_position_embeddings": 1024,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+        "tie_word_embeddings": False,
+    }
+    torch.manual_seed(seed)
+    model = GroundLMForConditionalGeneration(_config(spec, _vision_config(spec), text, processor)).eval()
+    if spec.coordinate_init == "sincos":
+        bins = spec.location_bins
+        init_coordinate_embeddings(model, tokenizer.convert_tokens_to_ids([f"<{k}>" for k in range(bins + 1)]))
+    return model, processor
+
+
+def _add_template_markers(model, tokenizer, templates: Sequence[str], seed: int) -> None:
+    """Give the stages' other templates' markers (e.g. plain's "\n" end token) whole tokens as well, or a
+    word-level tokenizer drops them and the model never learns where an answer ends."""
     extra = []
     for name in templates:
         t = get_template(name)
@@ -70,7 +138,48 @@ def _from_preset(spec: ModelSpec, seed: int, templates: Sequence[str]):
         )
         torch.manual_seed(seed)
         model.resize_token_embeddings(len(tokenizer), mean_resizing=False)  # random model: plain init
-    return model, processor
+
+
+def _processor(spec: ModelSpec, tokenizer, vision_config, mean, std) -> GroundLMProcessor:
+    """The processor of `spec` (its `ProcessorConfig` is saved as groundlm_processor.json)."""
+    # The image token count depends only on the tower's config and the connector; a config built from
+    # those alone tells it before the real one (which needs the processor's token ids) exists.
+    probe = GroundLMConfig(vision_config=vision_config, connector=spec.connector)
+    config = ProcessorConfig(
+        template=spec.template,
+        image_size=probe.image_size,
+        frame=spec.frame,
+        num_image_tokens=probe.num_image_tokens,
+        mean=mean,
+        std=std,
+        location_bins=spec.location_bins,
+        location_codec=spec.location_codec,
+    )
+    return GroundLMProcessor(tokenizer, config)
+
+
+def _config(spec: ModelSpec, vision_config, text_config, processor: GroundLMProcessor) -> GroundLMConfig:
+    """The model's config (saved as config.json): the spec's knobs and the processor's token ids."""
+    tokenizer = processor.tokenizer
+    return GroundLMConfig(
+        vision_config=vision_config,
+        text_config=text_config,
+        connector=spec.connector,
+        vision_feature_layer=spec.vision_feature_layer,
+        vision_feature_norm=spec.vision_feature_norm,
+        image_token_id=processor.image_token_id,
+        frame=spec.frame,
+        location_bins=spec.location_bins,
+        location_codec=spec.location_codec,
+        # H1's location package replaces this with `location_head_settings(tokenizer, codec, overrides)`.
+        location_head=(
+            location_head_settings(processor, **(spec.location_head or {}))
+            if spec.location_codec == "embedding"
+            else None
+        ),
+        image_position_embedding=spec.image_position_embedding,
+        pad_token_id=tokenizer.pad_token_id,
+    )
 
 
 def _image_stats(path: str) -> tuple[tuple, tuple]:
@@ -116,25 +225,13 @@ def _from_parts(spec: ModelSpec, seed: int):
     if len(tokenizer) > lm.get_input_embeddings().weight.shape[0]:
         torch.manual_seed(seed)
         lm.resize_token_embeddings(len(tokenizer))
-    # tokens / embedding codecs: their tokens join the vocabulary, new rows at the mean (location_setup.py).
-    codec = ProcessorConfig(location_codec=spec.location_codec or "text", location_bins=spec.location_bins or 100)
-    if codec.location_codec != "text":
-        add_location_tokens(lm, tokenizer, make_codec(codec))
+    # tokens / embedding codecs: their tokens join the vocabulary, new rows at the mean (location_setup.py);
+    # the text codec writes plain text. H1's location package replaces this name test with a codec hook.
+    if spec.location_codec != "text":
+        add_location_tokens(lm, tokenizer, make_codec(spec))
 
-    template = spec.template or "llama2"
-    config = GroundLMConfig(
-        vision_config=tower.config,
-        text_config=lm.config,
-        connector=spec.connector or "mlp2x_gelu",
-        vision_feature_layer=spec.vision_feature_layer,
-        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
-        frame=spec.frame or "resize",
-        image_position_embedding=spec.image_position_embedding or "none",
-        pad_token_id=tokenizer.pad_token_id,
-        location_codec=codec.location_codec,
-        location_bins=codec.location_bins,
-        location_head=_head_settings(tokenizer, codec, spec.location_head),
-    )
+    processor = _processor(spec, tokenizer, tower.config, *_image_stats(tower_path))
+    config = _config(spec, tower.config, lm.config, processor)
     # Build the skeleton on the meta device (no memory, no random init of billions of weights), then put the
     # loaded parts and a freshly initialised connector in place.
     with torch.device("meta"):
@@ -148,31 +245,7 @@ def _from_parts(spec: ModelSpec, seed: int):
     left = [n for n, p in [*model.named_parameters(), *model.named_buffers()] if p.is_meta]
     if left:
         raise RuntimeError(f"parameters left uninitialised after assembling the model: {left[:5]}")
-
-    mean, std = _image_stats(tower_path)
-    processor_config = ProcessorConfig(
-        template=template,
-        image_size=config.image_size,
-        frame=config.frame,
-        num_image_tokens=config.num_image_tokens,
-        mean=mean,
-        std=std,
-        location_codec=codec.location_codec,
-        location_bins=codec.location_bins,
-    )
-    processor = GroundLMProcessor(tokenizer, processor_config)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = processor.stop_token_id or tokenizer.eos_token_id
     return model, processor
-
-
-def _head_settings(tokenizer, codec: ProcessorConfig, overrides: dict | None) -> dict | None:
-    """`GroundLMConfig.location_head` for the embedding codec (its token ids + the recipe's overrides)."""
-    if codec.location_codec != "embedding":
-        return None
-    found = make_codec(codec)
-    ids = {"trigger_token_id": found.trigger, "slot_token_id": found.slot}
-    return {**{k: tokenizer.convert_tokens_to_ids(t) for k, t in ids.items()}, **(overrides or {})}
 
 
 def stage_processor(processor: GroundLMProcessor, template: str | None) -> GroundLMProcessor:

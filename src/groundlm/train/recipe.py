@@ -1,10 +1,11 @@
 """Training recipes: typed dataclasses, loaded from YAML with errors that name the file and the field.
 
-A recipe is a model spec, a seed and a list of stages. Every stage says which modules train and at what
-learning rate, the data mixture, the schedule and the numerics. `stage_defaults` in the YAML are merged under
-every stage, so a three-stage recipe states shared settings once. `resolve()` fills every default (warmup from
-`warmup_ratio`, `grad_accum` from `global_batch`), and the resolved recipe is what is saved beside every
-checkpoint and compared on `--resume`.
+A recipe is a model spec (`presets.ModelSpec`), a seed and a list of stages. Every stage says which modules
+train and at what learning rate, the data mixture, the schedule and the numerics. `stage_defaults` in the YAML
+are merged under every stage, so a three-stage recipe states shared settings once, and a model's `preset`
+(`presets.PRESETS`) is merged under its own fields the same way. `resolve()` fills every default (warmup from
+`warmup_ratio`, `grad_accum` from `global_batch`), and the resolved recipe, every model field included, is
+what is saved beside every checkpoint and compared on `--resume`.
 
     name: shapes
     seed: 0
@@ -24,9 +25,6 @@ expanding `~` and environment variables (`$DATA/coco.jsonl`).
 from __future__ import annotations
 
 import dataclasses
-import os
-import types
-import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -35,36 +33,17 @@ from typing import Any
 import yaml
 
 from ..data.shapes import SHAPES_TASKS, ShapesConfig
-from ..modeling.config import CONNECTORS, FRAMES, IMAGE_POSITION_EMBEDDINGS
+from ..geometry import FRAMES
+from ..location_codecs import CODEC_NAMES
+from ..modeling.connector import CONNECTORS
+from ..modeling.location_heads import LocationHeadConfig
+from ..modeling.positions import COORDINATE_INITS, IMAGE_POSITION_EMBEDDINGS
+from ..presets import PRESETS, PRETRAINED_ONLY, SCRATCH_ONLY, SIZES, ModelSpec, field_default, get_preset
 from ..templates import TEMPLATES
+from .build import DTYPES, WORD_LISTS
 from .precision import PRECISIONS
+from .schema import RecipeError, build, expand
 
-DTYPES = ("float32", "bfloat16", "float16")
-
-
-class RecipeError(ValueError):
-    """A recipe that cannot be used; the message names the file and the field."""
-
-
-@dataclass
-class ModelSpec:
-    """The model to train: a preset built from scratch, or pretrained parts (local paths or hub ids)."""
-
-    preset: str | None = None  # "tiny" or "small": random weights from a config (presets.py)
-    vision_tower: str | None = None  # pretrained: a CLIP / SigLIP / ViT checkpoint
-    language_model: str | None = None  # pretrained: a causal LM checkpoint with its tokenizer
-    connector: str | None = None  # None: the preset's (pretrained parts: mlp2x_gelu)
-    template: str | None = None  # the template the finished model is used with (None: preset's / llama2)
-    frame: str | None = None  # resize | pad (None: preset's / resize)
-    vision_feature_layer: int = -2  # pretrained parts only; presets use their own config
-    dtype: str = "float32"  # dtype the pretrained parts are loaded in
-    image_position_embedding: str | None = None  # none | sincos2d (None: the preset's / none)
-    coordinate_init: str | None = None  # presets only: random | sincos (None: the preset's)
-    vision_feature_norm: bool | None = None  # presets only: LayerNorm before the connector (None: the preset's)
-    location_codec: str | None = None  # text | tokens | embedding (None: the preset's / text)
-    location_bins: int | None = None  # bins of the text / tokens codec (None: the preset's / 100)
-    # embedding codec: LocationHeadConfig overrides (l1_weight, giou_weight, cycle_weight, mask_decoder, ...)
-    location_head: dict[str, Any] | None = None
 
 
 @dataclass
@@ -154,94 +133,6 @@ class Recipe:
 
 
 # ------------------------------------------------------------------------------------------------------------
-# Building dataclasses from plain data, with errors that name the field
-
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
-
-
-def _at(where: str, name: str) -> str:
-    """The path of field `name` inside `where` (`stages[0]` + `train` -> `stages[0].train`)."""
-    return f"{where}.{name}" if where else name
-
-
-def _convert(value: Any, tp: Any, where: str) -> Any:
-    """`value` checked against (and converted to) the annotation `tp`; RecipeError names `where`."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _convert(value, arg, where)
-            except RecipeError as err:
-                errors.append(str(err))
-        raise RecipeError(
-            errors[0] if len(errors) == 1 else f"{where}: {value!r} fits none of {_type_name(tp)}"
-        )
-    if dataclasses.is_dataclass(tp):
-        return build(tp, value, where)
-    if origin is list:
-        if not isinstance(value, list):
-            raise RecipeError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
-        (item,) = typing.get_args(tp)
-        return [_convert(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise RecipeError(f"{where}: expected a mapping, got {type(value).__name__} {value!r}")
-        key_tp, value_tp = typing.get_args(tp)
-        return {str(k): _convert(v, value_tp, _at(where, str(k))) for k, v in value.items()}
-    if tp is Any:
-        return value
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise RecipeError(f"{where}: expected true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise RecipeError(f"{where}: expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        # YAML reads `1e-4` (no dot) as a string; accept it as the number it plainly is.
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise RecipeError(f"{where}: expected a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise RecipeError(f"{where}: expected a string, got {value!r}")
-        return value
-    raise TypeError(f"unsupported annotation {tp!r} at {where}")  # a bug in this module, not in the recipe
-
-
-def build(cls: type, data: Any, where: str) -> Any:
-    """Build dataclass `cls` from a mapping, rejecting unknown and missing fields by name."""
-    if not isinstance(data, dict):
-        raise RecipeError(f"{where or 'recipe'}: expected a mapping, got {type(data).__name__} {data!r}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise RecipeError(f"{where or 'recipe'}: unknown field(s) {unknown}; known: {sorted(fields)}")
-    kwargs = {}
-    for name, f in fields.items():
-        if name in data:
-            kwargs[name] = _convert(data[name], hints[name], _at(where, name))
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise RecipeError(f"{_at(where, name)}: required field is missing")
-    return cls(**kwargs)
-
-
-# ------------------------------------------------------------------------------------------------------------
 # Checks and defaults
 
 
@@ -249,28 +140,29 @@ def _check_model(m: ModelSpec, where: str) -> None:
     pretrained = m.vision_tower is not None or m.language_model is not None
     if m.preset is not None and pretrained:
         raise RecipeError(f"{where}: give either preset or vision_tower + language_model, not both")
-    if m.preset is None and not (m.vision_tower and m.language_model):
-        raise RecipeError(f"{where}: give preset (tiny, small) or both vision_tower and language_model")
-    if m.preset is not None:
-        from ..presets import PRESETS
-
-        if m.preset not in PRESETS:
-            raise RecipeError(f"{where}.preset: unknown preset {m.preset!r}; choose one of {sorted(PRESETS)}")
+    if pretrained and not (m.vision_tower and m.language_model):
+        raise RecipeError(f"{where}: pretrained parts need both vision_tower and language_model")
     for name, allowed in (
-        ("image_position_embedding", IMAGE_POSITION_EMBEDDINGS),
-        ("coordinate_init", ("random", "sincos")),
-        ("location_codec", ("text", "tokens", "embedding")),
+        ("preset", (None, *PRESETS)),
+        ("dtype", DTYPES),
+        ("words", WORD_LISTS),
+        ("coordinate_init", COORDINATE_INITS),
         ("connector", CONNECTORS),
         ("template", TEMPLATES),
         ("frame", FRAMES),
-        ("dtype", DTYPES),
+        ("image_position_embedding", IMAGE_POSITION_EMBEDDINGS),
+        ("location_codec", CODEC_NAMES),
     ):
         value = getattr(m, name)
-        if value is not None and value not in allowed:
-            raise RecipeError(f"{where}.{name}: {value!r} is not one of {sorted(allowed)}")
+        if value not in allowed:
+            raise RecipeError(f"{where}.{name}: {value!r} is not one of {sorted(filter(None, allowed))}")
+    # A knob the model's kind does not use must stay at its default, so a recipe never says what is ignored.
+    unused = SCRATCH_ONLY if pretrained else PRETRAINED_ONLY
+    for name in unused:
+        if getattr(m, name) != field_default(name):
+            kind = "models built from scratch" if pretrained else "pretrained parts"
+            raise RecipeError(f"{where}.{name}: applies to {kind} only")
     if m.location_head is not None:
-        from ..modeling.location_heads import LocationHeadConfig
-
         known = {f.name for f in dataclasses.fields(LocationHeadConfig)} - {"trigger_token_id", "slot_token_id"}
         if m.location_codec != "embedding" or set(m.location_head) - known:
             raise RecipeError(
@@ -404,6 +296,13 @@ def from_dict(data: Any, source: str = "recipe", *, world_size: int = 1) -> Reci
     if isinstance(stages, list):
         # Defaults first, the stage's own fields over them (a stage's lora: null switches LoRA off).
         data["stages"] = [{**defaults, **s} if isinstance(s, dict) else s for s in stages]
+    model = data.get("model")
+    preset = model.get("preset") if isinstance(model, dict) else None
+    if isinstance(preset, str):
+        # The preset's overrides first, the recipe's own model fields over them.
+        if preset not in PRESETS:
+            raise RecipeError(f"{source}: model.preset: unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+        data["model"] = {**PRESETS[preset], **model}
     try:
         recipe = build(Recipe, data, "")
     except RecipeError as err:
@@ -446,31 +345,23 @@ def to_yaml(recipe: Recipe) -> str:
 
 
 def dry_run(recipe: Recipe, *, steps: int = 2, scenes: int = 200) -> Recipe:
-    """A copy that runs anywhere in seconds: the tiny preset and ShapesWorld for absent data.
+    """A copy that runs anywhere in seconds: a model from scratch of the tiny preset's sizes, ShapesWorld for
+    absent data.
 
-    The stand-in model is the tiny preset with the recipe's connector, template and frame, so the dry run goes
-    through the same code paths (LoRA, templates per stage, gradient checkpointing, precision) as the real one.
-    Records files that exist on this machine are kept; the others become ShapesWorld sources with the same
-    name and ratio. Every stage runs `steps` steps with micro-batches of at most 2.
+    The stand-in model keeps every other knob of the recipe's model (connector, template, frame, codec, ...),
+    so the dry run goes through the same code paths (LoRA, templates per stage, gradient checkpointing,
+    precision) as the real one. Records files that exist on this machine are kept; the others become ShapesWorld
+    sources with the same name and ratio. Every stage runs `steps` steps with micro-batches of at most 2.
     """
     r = dataclasses.replace(recipe, stages=[dataclasses.replace(s) for s in recipe.stages])
-    m = recipe.model
-    norm = m.vision_feature_norm
-    if norm is None and m.preset is not None:
-        from ..presets import get_preset
-
-        norm = get_preset(m.preset).vision_feature_norm  # the stand-in keeps the module a stage may train
-    r.model = ModelSpec(
+    tiny = get_preset("tiny")
+    r.model = dataclasses.replace(
+        recipe.model,
         preset="tiny",
-        vision_feature_norm=norm,
-        connector=m.connector,
-        template=m.template,
-        frame=m.frame,
-        image_position_embedding=m.image_position_embedding,
-        coordinate_init=m.coordinate_init,
-        location_codec=m.location_codec,
-        location_bins=m.location_bins,
-        location_head=m.location_head,
+        vision_tower=None,
+        language_model=None,
+        **{name: field_default(name) for name in PRETRAINED_ONLY},
+        **{name: getattr(tiny, name) for name in SIZES},
     )
     for stage in r.stages:
         data = []
@@ -486,11 +377,6 @@ def dry_run(recipe: Recipe, *, steps: int = 2, scenes: int = 200) -> Recipe:
         stage.warmup_steps = min(stage.warmup_steps or 0, 1)
         stage.save_every = 0
     return resolve(r, where=f"{recipe.name} (dry run)")
-
-
-def expand(path: str) -> str:
-    """`~` and environment variables expanded (recipes may say `$DATA/coco/records.jsonl`)."""
-    return os.path.expandvars(os.path.expanduser(path))
 
 
 def override_steps(recipe: Recipe, steps: int) -> Recipe:
