@@ -211,15 +211,12 @@ def data_check(file: Path = typer.Argument(..., help="A records.jsonl file.")) -
     from collections import Counter
 
     from .records import check_jsonl
-    from .templates import task_of
+    from .tasks import record_task
 
     if not file.is_file():
         _fail(f"{file} not found")
     records, problems = check_jsonl(file)
-    tasks = Counter(
-        r.meta.get("task") or task_of(next((m.content for m in r.messages if m.role == "user"), "")) or "chat"
-        for r in records
-    )
+    tasks = Counter(record_task(r) for r in records)
     typer.echo(f"{file}: {len(records)} valid records")
     for task, count in sorted(tasks.items()):
         typer.echo(f"  {task:<14} {count}")

@@ -18,7 +18,8 @@ from .location_setup import location_head_settings
 from .modeling import GroundLMConfig, GroundLMForConditionalGeneration
 from .modeling.positions import coordinate_code
 from .processor import GroundLMProcessor, ProcessorConfig
-from .templates import TASKS, get_template
+from .tasks import TAGGED as TASKS
+from .templates import get_template
 from .tokenizer import build_word_tokenizer
 
 # Words beyond ShapesWorld's vocabulary that small models should know: the template role words and a few

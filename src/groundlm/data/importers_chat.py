@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ..records import GroundTruthObject, Message, Record
-from ..templates import task_of
+from ..tasks import CHAT, task_of
 from .importers_base import (
     Importer,
     ImportReport,
@@ -92,7 +92,7 @@ def _check_tags(tags: int, image: str | None, key: str) -> None:
 
 def _meta(source: str, row: dict, messages: list[Message]) -> dict:
     first_user = next((m.content for m in messages if m.role == "user"), "")
-    meta: dict[str, Any] = {"task": task_of(first_user) or "chat", "source": source}
+    meta: dict[str, Any] = {"task": task_of(first_user) or CHAT, "source": source}
     if isinstance(row.get("id"), str | int) and not isinstance(row.get("id"), bool):
         meta["source_id"] = row["id"]
     return meta

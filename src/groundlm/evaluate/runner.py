@@ -19,7 +19,7 @@ from tqdm import tqdm
 from ..images import load_image
 from ..inference import GroundLM
 from ..records import Record, read_jsonl
-from ..templates import task_of
+from ..tasks import record_task
 from .rec import DEFAULT, MINIGPT_V2, IoUConvention
 from .report import write_report
 from .scoring import score_predictions
@@ -81,11 +81,6 @@ def benchmark_records(config: EvalConfig, out: Path) -> tuple[list[Record], Path
     raise ValueError(f"unknown benchmark {config.benchmark!r}; choose one of {BENCHMARKS}")
 
 
-def _task(record: Record) -> str:
-    first_user = next((m.content for m in record.messages if m.role == "user"), "")
-    return record.meta.get("task") or task_of(first_user) or ("pope" if "label" in record.meta else "chat")
-
-
 def _prompt_and_reference(record: Record) -> tuple[str, str]:
     user = next((m.content for m in record.messages if m.role == "user"), None)
     if user is None:
@@ -125,7 +120,7 @@ def predict(
                                   batch_size=config.batch_size)
             for record, image, prompt, answer in zip(batch, images, prompts, answers, strict=True):
                 row = {
-                    "id": record.id, "task": _task(record), "image": record.image,
+                    "id": record.id, "task": record_task(record), "image": record.image,
                     "width": image.width if image else None, "height": image.height if image else None,
                     "frame": frame_mode, "prompt": prompt, "reference": _prompt_and_reference(record)[1],
                     "objects": [{"box": list(o.box), "label": o.label} for o in record.objects],
