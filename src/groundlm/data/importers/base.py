@@ -6,6 +6,10 @@ default) or is skipped and counted in an ``ImportReport`` (``on_error="skip"``).
 produces also passes ``validate_record``; a record that would not is treated as a broken row, so an import
 never yields something ``read_jsonl`` would refuse.
 
+Every importer that builds task conversations takes the same keyword arguments, ``ImportOptions``: ``rng``
+(None: MiniGPT-v2's evaluation prompt and a fixed answer, e.g. the first caption; a ``random.Random``: both
+drawn, for training), ``on_error`` and ``report``.
+
 Some rows are not broken but simply have nothing to give (an image without captions, a caption without a
 single boxed phrase); those are counted in the report under their reason in both modes and never raise.
 """
@@ -16,15 +20,16 @@ import json
 import logging
 import math
 import os
+import random
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypedDict, TypeVar
 
 from PIL import Image
 
-from ..records import Record, validate_record
+from ...records import Record, validate_record
 
 logger = logging.getLogger("groundlm.data.importers")
 
@@ -90,13 +95,32 @@ class RowError(Exception):
         self.file, self.where = file, where
 
 
-class Importer:
-    """Runs a row converter over a source, applying the error policy and filling the report."""
+class ImportOptions(TypedDict, total=False):
+    """The keyword arguments of every importer that builds task conversations (see the module docstring)."""
 
-    def __init__(self, file: PathLike, on_error: OnError = "raise", report: ImportReport | None = None):
+    rng: random.Random | None
+    on_error: OnError
+    report: ImportReport | None
+
+
+class Importer:
+    """Runs a row converter over a source, applying the error policy and filling the report.
+
+    ``rng`` is kept for the converters: with none they ask MiniGPT-v2's evaluation prompts (``evaluation``).
+    """
+
+    def __init__(
+        self,
+        file: PathLike,
+        on_error: OnError = "raise",
+        report: ImportReport | None = None,
+        *,
+        rng: random.Random | None = None,
+    ):
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         self.file, self.on_error = str(file), on_error
+        self.rng, self.evaluation = rng, rng is None
         self.report = report if report is not None else ImportReport()
         self._own_report = report is None
 
@@ -155,16 +179,16 @@ def json_rows(path: PathLike) -> Iterator[tuple[str, Any]]:
         yield from ((f"row {i}", row) for i, row in enumerate(rows))
         return
     with open(path, encoding="utf-8-sig") as f:  # streamed: instruction files can be large
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(
-                    f"{path}: line {lineno}: invalid JSON (column {err.colno}): {err.msg}"
-                ) from err
-            yield f"line {lineno}", row
+        numbered = ((lineno, line) for lineno, line in enumerate(f, start=1) if line.strip())
+        for lineno, line in numbered:
+            yield f"line {lineno}", _json_line(line, path, lineno)
+
+
+def _json_line(line: str, path: PathLike, lineno: int) -> Any:
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: line {lineno}: invalid JSON (column {err.colno}): {err.msg}") from err
 
 
 def _first_char(path: PathLike) -> str:

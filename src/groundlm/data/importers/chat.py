@@ -1,5 +1,5 @@
 """Importers for conversation files: LLaVA / ShareGPT JSON and ms-swift JSONL with grounding ``objects``
-(reference/llava_hf_and_style.md §4).
+(docs/published-systems.md).
 
 - ``from_llava``: a JSON list (or JSON lines) of ``{id, image, conversations: [{from, value}]}``; ``from`` is
   ``human``/``gpt`` (also ``user``/``assistant``/``system``), and ``role``/``content`` turns under ``messages``
@@ -26,9 +26,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ..records import GroundTruthObject, Message, Record
-from ..tasks import CHAT, task_of
-from .importers_base import (
+from ...records import GroundTruthObject, Message, Record
+from ...tasks import CHAT, task_of
+from .base import (
     Importer,
     ImportReport,
     OnError,
