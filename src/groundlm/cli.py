@@ -168,6 +168,27 @@ def demo(
     typer.echo(print_summary(metrics, out))
 
 
+@app.command("export")
+def export_cmd(
+    model: str = typer.Argument(..., help="Model directory."),
+    out: Path = typer.Argument(..., help="Directory to write the LLaVA-HF model into."),
+    force: bool = typer.Option(False, help="Overwrite a non-empty directory."),
+) -> None:
+    """Write MODEL in transformers' LLaVA layout to OUT (LlavaForConditionalGeneration loads it; same logits).
+
+    Only models LLaVA can express export: a CLIP or SigLIP tower, the mlp2x_gelu connector, text locations."""
+    from .export import export_model
+
+    if out.exists() and any(out.iterdir()) and not force:
+        _fail(f"{out} exists and is not empty (use --force to overwrite)")
+    try:
+        export_model(model, out)
+    except (FileNotFoundError, ValueError) as err:
+        _fail(str(err))
+        return
+    typer.echo(f"wrote a LLaVA-HF model to {out}")
+
+
 @app.command()
 def serve(
     model: str = typer.Argument(..., help="Model directory."),
