@@ -94,7 +94,7 @@ def parts(tmp_path_factory):
 
     from groundlm.location import TextLocationCodec
     from groundlm.presets import default_words
-    from groundlm.templates import TASKS
+    from groundlm.tasks import TAGGED as TASKS
     from groundlm.tokenizer import build_word_tokenizer
 
     root = tmp_path_factory.mktemp("parts")
