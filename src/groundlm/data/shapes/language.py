@@ -79,7 +79,7 @@ def descriptions(o: ShapeObject, allowed: Sequence[str] = _ATTRS) -> list[Desc]:
 
 
 # Scenes are immutable (and hash by identity), and the record builders ask the same questions of a scene many
-# times over: cached, a scene's records are built ~2x faster (measured), which the training loop feels.
+# times over: cached, building a scene's records takes about half the time, which the training loop feels.
 @functools.lru_cache(maxsize=4096)
 def matching(scene: Scene, desc: Desc) -> tuple[int, ...]:
     return tuple(i for i, o in enumerate(scene.objects) if _matches(o, desc))
