@@ -28,21 +28,8 @@ from typing import Any
 
 from ...records import GroundTruthObject, Message, Record
 from ...tasks import CHAT, task_of
-from .base import (
-    Importer,
-    ImportReport,
-    OnError,
-    PathLike,
-    RowError,
-    as_dict,
-    get,
-    image_size,
-    json_rows,
-    numbers,
-    pixel_box,
-    positive_int,
-    scaled_box,
-)
+from .base import Importer, ImportReport, OnError, PathLike, RowError, image_size, json_rows
+from .fields import as_dict, get, numbers, pixel_box, positive_int, scaled_box
 
 _ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 # The tag and the newline LLaVA puts beside it ("<image>\nWhat is…" or "What is…\n<image>").

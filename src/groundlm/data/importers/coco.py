@@ -17,16 +17,11 @@ from .base import (
     OnError,
     PathLike,
     RowError,
-    as_dict,
-    get,
-    get_text,
     image_size,
     json_rows,
     load_json,
-    numbers,
-    scaled_box,
-    text_value,
 )
+from .fields import as_dict, get, get_text, numbers, scaled_box, text_value
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack  # typing.Unpack from Python 3.11

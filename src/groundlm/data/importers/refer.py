@@ -28,21 +28,8 @@ from ...geometry import xywh_to_xyxy
 from ...records import GroundTruthObject, Record
 from .. import tasks
 from ..safe_pickle import safe_load
-from .base import (
-    Importer,
-    ImportOptions,
-    ImportReport,
-    OnError,
-    PathLike,
-    RowError,
-    as_dict,
-    get,
-    get_text,
-    load_json,
-    numbers,
-    pixel_box,
-    positive_int,
-)
+from .base import Importer, ImportOptions, ImportReport, OnError, PathLike, RowError, load_json
+from .fields import as_dict, get, get_text, numbers, pixel_box, positive_int
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack  # typing.Unpack from Python 3.11
