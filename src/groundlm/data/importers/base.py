@@ -1,4 +1,4 @@
-"""What every importer shares: the error and skip policy, the import report, and checked field access.
+"""What every importer shares: the error and skip policy, the import report, the options, reading source files.
 
 An importer reads one source format and yields records. A broken source row (a missing field, a box that is
 not 4 numbers) is either an error that names the file, the row and the field (``on_error="raise"``, the
