@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
@@ -56,15 +57,23 @@ def _region_chat(scene: Scene, rng: random.Random, ev: bool, config: ShapesConfi
     return [Message("user", question), Message("assistant", answer)], {"question_type": kind}
 
 
-_BUILDERS: dict[str, Callable[[Scene, random.Random, bool, ShapesConfig], Built]] = {
-    "caption": _caption,
-    "vqa": _vqa,
-    "refer": _refer,
-    "identify": _identify,
-    "grounding": _grounding,
-    "detection": _detection,
-    "segmentation": _refer,  # a refer record whose objects carry their masks
-    "region_chat": _region_chat,
+@dataclass(frozen=True)
+class _Builder:
+    """How a task's conversation is built from a scene, and whether its objects carry their masks."""
+
+    build: Callable[[Scene, random.Random, bool, ShapesConfig], Built]
+    masks: bool = False
+
+
+_BUILDERS: dict[str, _Builder] = {
+    "caption": _Builder(_caption),
+    "vqa": _Builder(_vqa),
+    "refer": _Builder(_refer),
+    "identify": _Builder(_identify),
+    "grounding": _Builder(_grounding),
+    "detection": _Builder(_detection),
+    "segmentation": _Builder(_refer, masks=True),  # a refer record whose objects carry their masks
+    "region_chat": _Builder(_region_chat),
 }
 # The order of a scene's records: `train.sources.ShapesSource` indexes samples by it, so it is fixed.
 SHAPES_TASKS: tuple[str, ...] = tuple(_BUILDERS)
@@ -100,13 +109,13 @@ def scene_records(
     for task in tasks:
         if not scene.objects:
             break
-        built = _BUILDERS[task](scene, random.Random(f"{scene.seed}:{task}"), ev, config)
+        builder = _BUILDERS[task]
+        built = builder.build(scene, random.Random(f"{scene.seed}:{task}"), ev, config)
         if built is None:
             continue
         messages, extra = built
-        masks = task == "segmentation"
         objects = [
-            GroundTruthObject(box=o.box, label=o.label, mask=rle_encode(o.mask) if masks else None)
+            GroundTruthObject(box=o.box, label=o.label, mask=rle_encode(o.mask) if builder.masks else None)
             for o in scene.objects
         ]
         meta = {"task": task, "split": split, "scene": index, "seed": scene.seed, **extra}
