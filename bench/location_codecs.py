@@ -32,8 +32,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from groundlm.calibrate import measure_speeds
 from groundlm.data.shapes import ShapesConfig, scene_at, scene_records
+from groundlm.demo.calibrate import measure_speeds
 from groundlm.evaluate.runner import EvalConfig, evaluate
 from groundlm.evaluate.segmentation import segmentation_scores
 from groundlm.inference import GroundLM, load

@@ -11,8 +11,6 @@ import pytest
 from typer.testing import CliRunner
 
 import groundlm
-from groundlm import calibrate
-from groundlm.calibrate import stage_speeds
 from groundlm.cli import app
 from groundlm.demo import (
     DEFAULT_MINUTES,
@@ -20,10 +18,12 @@ from groundlm.demo import (
     SUSTAINED_SPEED,
     DemoConfig,
     StageFitter,
+    calibrate,
     fixed_minutes,
     run_demo,
     scale_recipe,
 )
+from groundlm.demo.calibrate import stage_speeds
 from groundlm.train import load_recipe, train
 from groundlm.train.control import TrainHooks
 from groundlm.train.monitor import read_metrics

@@ -3,7 +3,9 @@
 import pytest
 import torch
 from transformers import LlavaForConditionalGeneration
+from typer.testing import CliRunner
 
+from groundlm.cli import app
 from groundlm.export import export_llava, to_llava
 from groundlm.presets import ModelSpec as Preset
 from groundlm.presets import build_model
@@ -58,3 +60,25 @@ def test_models_llava_cannot_express_are_refused():
     model, _ = build_model("tiny")  # concat4 connector
     with pytest.raises(ValueError, match="mlp2x_gelu"):
         to_llava(model)
+
+
+def test_export_command_writes_a_llava_directory_with_the_same_logits(pair, tmp_path):
+    model, processor, _ = pair
+    model.save_pretrained(tmp_path / "model")
+    processor.save_pretrained(tmp_path / "model")
+    result = CliRunner().invoke(app, ["export", str(tmp_path / "model"), str(tmp_path / "llava")])
+    assert result.exit_code == 0, result.output
+    again = LlavaForConditionalGeneration.from_pretrained(tmp_path / "llava", local_files_only=True)
+    batch = _batch(processor)
+    with torch.no_grad():
+        assert (again(**batch).logits - model(**batch).logits).abs().max().item() <= 1e-4
+
+
+def test_export_command_refuses_a_model_llava_cannot_express(tmp_path):
+    model, processor = build_model("tiny")  # concat4 connector
+    model.save_pretrained(tmp_path / "model")
+    processor.save_pretrained(tmp_path / "model")
+    result = CliRunner().invoke(app, ["export", str(tmp_path / "model"), str(tmp_path / "llava")])
+    assert result.exit_code == 1
+    assert "mlp2x_gelu" in result.output
+    assert not (tmp_path / "llava").exists() or not any((tmp_path / "llava").iterdir())

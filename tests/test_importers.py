@@ -627,7 +627,7 @@ def test_on_error_must_be_known(tmp_path):
 # --------------------------------------------------------------------------------------------------------
 # Real data
 
-# (sentences, objects, images) per split, evaluation.md §1.1.
+# (sentences, objects, images) per split, as published (docs/evaluation.md).
 _PUBLISHED = {
     "refcoco_val": (10834, 3811, 1500), "refcoco_testA": (5657, 1975, 750), "refcoco_testB": (5095, 1810, 750),
     "refcoco+_val": (10758, 3805, 1500), "refcoco+_testA": (5726, 1975, 750), "refcoco+_testB": (4889, 1798, 750),

@@ -7,8 +7,8 @@ import random
 import pytest
 
 from groundlm.data import tasks as T
-from groundlm.records import Record, validate_record
-from groundlm.templates import TASKS, task_of
+from groundlm.records import Message, Record, validate_record
+from groundlm.tasks import TAGGED, TASKS, get_task, record_task, task_of
 
 
 def _texts(messages):
@@ -73,7 +73,7 @@ def test_pools_are_well_formed(pool, task, placeholders):
         assert task_of(template) == task and template.startswith(f"[{task}] ")
         assert template.count("{}") == placeholders
     assert {t for pool in T.POOLS for t in pool} >= set(pool)
-    assert task in TASKS
+    assert task in TAGGED
 
 
 def test_every_pool_entry_is_reachable_and_builds_valid_records():
@@ -115,3 +115,34 @@ def test_errors():
         T.ground("  ", [0])
     with pytest.raises(ValueError, match="<p>"):
         T.grounding("a red circle", eval=True)
+
+
+def test_task_of_reads_the_tag_a_user_turn_starts_with():
+    assert TAGGED == ("vqa", "caption", "grounding", "refer", "identify", "detection")
+    for task in TAGGED:
+        assert task_of(f"[{task}] something") == task
+    assert task_of("[refer]the cat") == "refer"
+    assert task_of("  [vqa] what?") == "vqa"
+    assert task_of("what is this?") is None
+    assert task_of("") is None
+    assert task_of("[Refer] the cat") is None  # identifiers are lowercase, exactly
+    assert task_of("[segment] the cat") is None
+    assert task_of("where is the [refer] tag") is None
+
+
+def _record(user: str, **meta) -> Record:
+    return Record("r", None, [], [Message("user", user), Message("assistant", "yes")], meta)
+
+
+def test_record_task_prefers_meta_then_the_tag_then_a_pope_label_then_chat():
+    assert record_task(_record("[refer] the cat", task="segmentation")) == "segmentation"
+    assert record_task(_record("[refer] the cat")) == "refer"
+    assert record_task(_record("is there a cat?", label="yes")) == "pope"
+    assert record_task(_record("is there a cat?")) == "chat"
+
+
+def test_every_shapes_task_is_declared_and_undeclared_tasks_score_as_chat():
+    from groundlm.data.shapes import SHAPES_TASKS
+
+    assert set(SHAPES_TASKS) <= set(TASKS)
+    assert get_task("my_own_task") is TASKS["chat"]

@@ -2,13 +2,11 @@ import pytest
 
 from groundlm.records import Message
 from groundlm.templates import (
-    TASKS,
     TEMPLATES,
     VICUNA_V1_SYSTEM,
     ChatTemplate,
     Segment,
     get_template,
-    task_of,
 )
 
 SYSTEM = "You are a helpful assistant."
@@ -231,15 +229,3 @@ def test_get_template_unknown_lists_names():
     with pytest.raises(ValueError, match="chatml.*llama2.*llava_v1.*plain.*vicuna"):
         get_template("mistral")
 
-
-def test_task_of():
-    assert TASKS == ("vqa", "caption", "grounding", "refer", "identify", "detection")
-    for task in TASKS:
-        assert task_of(f"[{task}] something") == task
-    assert task_of("[refer]the cat") == "refer"
-    assert task_of("  [vqa] what?") == "vqa"
-    assert task_of("what is this?") is None
-    assert task_of("") is None
-    assert task_of("[Refer] the cat") is None  # identifiers are lowercase, exactly
-    assert task_of("[segment] the cat") is None
-    assert task_of("where is the [refer] tag") is None

@@ -93,7 +93,7 @@ def parts(tmp_path_factory):
     from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
 
     from groundlm.location import TextLocationCodec
-    from groundlm.templates import TASKS
+    from groundlm.tasks import TAGGED as TASKS
     from groundlm.tokenizer import build_word_tokenizer
     from groundlm.train.build import WORD_LISTS
 

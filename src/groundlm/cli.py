@@ -168,6 +168,27 @@ def demo(
     typer.echo(print_summary(metrics, out))
 
 
+@app.command("export")
+def export_cmd(
+    model: str = typer.Argument(..., help="Model directory."),
+    out: Path = typer.Argument(..., help="Directory to write the LLaVA-HF model into."),
+    force: bool = typer.Option(False, help="Overwrite a non-empty directory."),
+) -> None:
+    """Write MODEL in transformers' LLaVA layout to OUT (LlavaForConditionalGeneration loads it; same logits).
+
+    Only models LLaVA can express export: a CLIP or SigLIP tower, the mlp2x_gelu connector, text locations."""
+    from .export import export_model
+
+    if out.exists() and any(out.iterdir()) and not force:
+        _fail(f"{out} exists and is not empty (use --force to overwrite)")
+    try:
+        export_model(model, out)
+    except (FileNotFoundError, ValueError) as err:
+        _fail(str(err))
+        return
+    typer.echo(f"wrote a LLaVA-HF model to {out}")
+
+
 @app.command()
 def serve(
     model: str = typer.Argument(..., help="Model directory."),
@@ -211,15 +232,12 @@ def data_check(file: Path = typer.Argument(..., help="A records.jsonl file.")) -
     from collections import Counter
 
     from .records import check_jsonl
-    from .templates import task_of
+    from .tasks import record_task
 
     if not file.is_file():
         _fail(f"{file} not found")
     records, problems = check_jsonl(file)
-    tasks = Counter(
-        r.meta.get("task") or task_of(next((m.content for m in r.messages if m.role == "user"), "")) or "chat"
-        for r in records
-    )
+    tasks = Counter(record_task(r) for r in records)
     typer.echo(f"{file}: {len(records)} valid records")
     for task, count in sorted(tasks.items()):
         typer.echo(f"  {task:<14} {count}")

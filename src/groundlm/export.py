@@ -4,6 +4,7 @@ Only the LLaVA-1.5 configuration maps one to one: a CLIP or SigLIP tower, the `m
 (whose `linear_1`/`linear_2` are LLaVA's projector layers) and a causal LM. The weights are the same tensors
 under other names; `to_llava` checks every key on both sides, so a renamed layer fails loudly instead of
 leaving random weights behind. The benchmarks use it to build their baseline with identical weights.
+`groundlm export MODEL OUT` runs `export_model`.
 """
 
 from __future__ import annotations
@@ -74,3 +75,11 @@ def export_llava(model: GroundLMForConditionalGeneration, processor, out: str | 
     to_llava(model).save_pretrained(out)
     processor.save_pretrained(out)
     return out
+
+
+def export_model(model_dir: str | Path, out: str | Path) -> Path:
+    """Load the groundlm model directory `model_dir` and write it to `out` in the LLaVA-HF layout."""
+    from .inference import load
+
+    lm = load(model_dir)
+    return export_llava(lm.model, lm.processor, out)

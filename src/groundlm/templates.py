@@ -33,28 +33,14 @@ Choices where the references leave room:
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-
-TASKS = ("vqa", "caption", "grounding", "refer", "identify", "detection")
 
 # LLaVA's vicuna_v1 system prompt (what `--version v1`, the LLaVA-1.5 training setting, uses). Quoted as data.
 VICUNA_V1_SYSTEM = (
     "A chat between a curious user and an artificial intelligence assistant. "
     "The assistant gives helpful, detailed, and polite answers to the user's questions."
 )
-
-_TASK_TAG = re.compile(r"\s*\[([a-z]+)\]")
-
-
-def task_of(text: str) -> str | None:
-    """The MiniGPT-v2 task identifier a user text starts with (`"[refer] the cat"` → `"refer"`), else None."""
-    m = _TASK_TAG.match(text)
-    if m and m.group(1) in TASKS:
-        return m.group(1)
-    return None
-
 
 @dataclass(frozen=True)
 class Segment:

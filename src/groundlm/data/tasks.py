@@ -1,10 +1,10 @@
-"""Task builders: an annotation in, a conversation with `<box:i>` slots out (DESIGN §3).
+"""Task builders: an annotation in, a conversation with `<box:i>` slots out (docs/data-format.md).
 
 One function per MiniGPT-v2 task identifier (`caption`, `vqa`, `refer`, `identify`, `grounding`,
 `detection`). Each draws its instruction from that task's pool with the `random.Random` it is given, so a
 seeded generator gives the same conversation on every machine. With ``eval=True`` the instruction is fixed:
 MiniGPT-v2's own evaluation prompt where its repository has one, so a MiniGPT-v2 checkpoint is asked exactly
-what it was benchmarked with (reference/minigpt.md §2.3, §4, §5.1):
+what it was benchmarked with (docs/published-systems.md):
 
 - caption:   ``[caption] please describe this image?``  (evaluation prompt)
 - vqa:       ``[vqa] Based on the image, respond to this question with a short answer: {}``  (OK-VQA/GQA)

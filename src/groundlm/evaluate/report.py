@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..images import ImageError, load_image
+from ..tasks import get_task
 from ..visualize import Drawable, draw
 from .scoring import reference_pairs, row_score
 
@@ -32,7 +33,7 @@ def _picture(row: dict, image_root: Path, path: Path) -> bool:
     except (ImageError, TypeError):
         return False
     gt_boxes = [(p, b) for p, b in reference_pairs(row)]
-    if not gt_boxes and row["task"] in ("refer", "segmentation", "identify", "region_chat"):
+    if not gt_boxes and get_task(row["task"]).draws_objects:
         gt_boxes = [(None, o["box"]) for o in row["objects"]]
     items = [Drawable(b, f"gt: {p}" if p else "gt", ground_truth=True) for p, b in gt_boxes]
     items += [Drawable(o["box"], o.get("phrase") or "pred") for o in row["prediction_objects"] if o.get("box")]

@@ -10,24 +10,21 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
 
+from ..data import importers
+from ..data.shapes import write_shapes
 from ..images import load_image
 from ..inference import GroundLM
 from ..records import Record, read_jsonl
-from ..templates import task_of
+from ..tasks import record_task
 from .rec import DEFAULT, MINIGPT_V2, IoUConvention
 from .report import write_report
 from .scoring import score_predictions
-
-# shapes: the fixed ShapesWorld test split, every task. The others read a source file with an importer:
-# refcoco (MiniGPT-v2's RefCOCO/+/g JSON), pope (POPE question file), coco_captions (captions_*.json),
-# records (any records.jsonl whose records carry a task).
-BENCHMARKS = ("shapes", "refcoco", "pope", "coco_captions", "records")
 
 
 @dataclass
@@ -45,45 +42,51 @@ class EvalConfig:
     convention: str = "default"  # "default" (IoU >= 0.5) | "minigptv2" (+1 pixel, IoU > 0.5)
 
 
+CONVENTIONS: dict[str, IoUConvention] = {"default": DEFAULT, "minigptv2": MINIGPT_V2}
+
+
 def iou_convention(name: str) -> IoUConvention:
     """The REC convention called `name`: `default` (lmms-eval) or `minigptv2`."""
-    if name == "default":
-        return DEFAULT
-    if name == "minigptv2":
-        return MINIGPT_V2
-    raise ValueError(f"unknown IoU convention {name!r}; choose 'default' or 'minigptv2'")
+    if name not in CONVENTIONS:
+        raise ValueError(f"unknown IoU convention {name!r}; choose 'default' or 'minigptv2'")
+    return CONVENTIONS[name]
+
+
+def _shapes_records(config: EvalConfig, out: Path) -> tuple[list[Record], Path]:
+    path = out / "data" / "records.jsonl"
+    if not path.exists():
+        write_shapes(out / "data", config.scenes, "test", progress=False)
+    return read_jsonl(path), path.parent
+
+
+def _from_file(read: Callable[[Path], list[Record]]) -> Callable[[EvalConfig, Path], tuple[list[Record], Path]]:
+    """A benchmark read from `config.data`; images under `config.images`, else beside the data file."""
+
+    def records(config: EvalConfig, out: Path) -> tuple[list[Record], Path]:
+        if config.data is None:
+            raise ValueError(f"--data is required for the {config.benchmark!r} benchmark")
+        return read(config.data), Path(config.images or Path(config.data).parent)
+
+    return records
+
+
+# shapes: the fixed ShapesWorld test split, every task. The others read a source file with an importer:
+# refcoco (MiniGPT-v2's RefCOCO/+/g JSON), pope (POPE question file), coco_captions (captions_*.json),
+# records (any records.jsonl whose records carry a task).
+BENCHMARKS: dict[str, Callable[[EvalConfig, Path], tuple[list[Record], Path]]] = {
+    "shapes": _shapes_records,
+    "refcoco": _from_file(importers.from_minigptv2_refcoco),
+    "pope": _from_file(importers.from_pope),
+    "coco_captions": _from_file(importers.from_coco_captions),
+    "records": _from_file(read_jsonl),
+}
 
 
 def benchmark_records(config: EvalConfig, out: Path) -> tuple[list[Record], Path]:
     """The records of the benchmark and the folder their image paths are relative to."""
-    if config.benchmark == "shapes":
-        from ..data.shapes import write_shapes
-
-        path = out / "data" / "records.jsonl"
-        if not path.exists():
-            write_shapes(out / "data", config.scenes, "test", progress=False)
-        return read_jsonl(path), path.parent
     if config.benchmark not in BENCHMARKS:
-        raise ValueError(f"unknown benchmark {config.benchmark!r}; choose one of {BENCHMARKS}")
-    if config.data is None:
-        raise ValueError(f"--data is required for the {config.benchmark!r} benchmark")
-    from ..data import importers
-
-    image_root = Path(config.images or Path(config.data).parent)
-    if config.benchmark == "refcoco":
-        return importers.from_minigptv2_refcoco(config.data), image_root
-    if config.benchmark == "pope":
-        return importers.from_pope(config.data), image_root
-    if config.benchmark == "coco_captions":
-        return importers.from_coco_captions(config.data), image_root
-    if config.benchmark == "records":
-        return read_jsonl(config.data), image_root
-    raise ValueError(f"unknown benchmark {config.benchmark!r}; choose one of {BENCHMARKS}")
-
-
-def _task(record: Record) -> str:
-    first_user = next((m.content for m in record.messages if m.role == "user"), "")
-    return record.meta.get("task") or task_of(first_user) or ("pope" if "label" in record.meta else "chat")
+        raise ValueError(f"unknown benchmark {config.benchmark!r}; choose one of {tuple(BENCHMARKS)}")
+    return BENCHMARKS[config.benchmark](config, out)
 
 
 def _prompt_and_reference(record: Record) -> tuple[str, str]:
@@ -125,7 +128,7 @@ def predict(
                                   batch_size=config.batch_size)
             for record, image, prompt, answer in zip(batch, images, prompts, answers, strict=True):
                 row = {
-                    "id": record.id, "task": _task(record), "image": record.image,
+                    "id": record.id, "task": record_task(record), "image": record.image,
                     "width": image.width if image else None, "height": image.height if image else None,
                     "frame": frame_mode, "prompt": prompt, "reference": _prompt_and_reference(record)[1],
                     "objects": [{"box": list(o.box), "label": o.label} for o in record.objects],

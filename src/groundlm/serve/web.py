@@ -21,7 +21,8 @@ import weakref
 from pathlib import Path
 from typing import Any
 
-from ..templates import TASKS, task_of
+from ..tasks import TAGGED as TASKS
+from ..tasks import task_of
 from ..visualize import Drawable, draw
 from .content import Conversation, Decoding
 from .errors import APIError

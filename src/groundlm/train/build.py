@@ -31,7 +31,8 @@ from ..modeling.location_heads import build_location_heads
 from ..modeling.positions import init_coordinate_embeddings
 from ..presets import ModelSpec
 from ..processor import GroundLMProcessor, ProcessorConfig
-from ..templates import TASKS, get_template
+from ..tasks import TAGGED
+from ..templates import get_template
 from ..tokenizer import build_word_tokenizer
 from .schema import expand
 
@@ -74,7 +75,7 @@ def scratch_processor(spec: ModelSpec) -> GroundLMProcessor:
     template = get_template(spec.template)
     tokenizer = build_word_tokenizer(
         WORD_LISTS[spec.words](),
-        tokens=make_codec(spec).special_tokens() + [f"[{t}]" for t in TASKS],
+        tokens=make_codec(spec).special_tokens() + [f"[{t}]" for t in TAGGED],
         # the stop string too: plain's "\n" would otherwise vanish in whitespace splitting
         special_tokens=[*template.special_tokens, template.stop],
     )

@@ -45,7 +45,6 @@ from .precision import PRECISIONS
 from .schema import RecipeError, build, expand
 
 
-
 @dataclass
 class LoraSpec:
     """LoRA adapters (peft) on the language model."""

@@ -15,8 +15,7 @@ from ..data.dataset import LoadReport, RecordDataset, SampleError
 from ..data.mixture import Source
 from ..data.shapes import scene_at, scene_records
 from ..processor import Encoded, GroundLMProcessor
-from ..records import Record
-from ..templates import task_of
+from ..tasks import record_task
 from .dense import DenseObject
 from .recipe import RecipeError, ShapesSpec, SourceSpec, expand, shapes_config
 
@@ -77,7 +76,7 @@ class ShapesSource:
 
 
 class RecordsSource:
-    """A records JSONL file as a source; the task of a sample is its `meta.task`, its tag, or `chat`."""
+    """A records JSONL file as a source; the task of a sample is its record's (`tasks.record_task`)."""
 
     def __init__(self, spec: SourceSpec, processor: GroundLMProcessor):
         root = expand(spec.image_root) if spec.image_root else None
@@ -86,7 +85,7 @@ class RecordsSource:
         )
         self.report = self.dataset.report
         # By id: under on_error="skip" a bad record is replaced by the next one, so the index may not match.
-        self.task_of_id = {r.id: _record_task(r) for r in self.dataset.records}
+        self.task_of_id = {r.id: record_task(r) for r in self.dataset.records}
         self.objects_of_id = {r.id: r.objects for r in self.dataset.records}
 
     def __len__(self) -> int:
@@ -99,14 +98,6 @@ class RecordsSource:
             DenseObject(o.box, o.label, o.mask) for o in self.objects_of_id[sample.meta["id"]]
         ]
         return sample
-
-
-def _record_task(record: Record) -> str:
-    """A record's task: `meta.task`, else the task tag its first user turn starts with, else `chat`."""
-    if record.meta.get("task"):
-        return str(record.meta["task"])
-    first_user = next((m.content for m in record.messages if m.role == "user"), "")
-    return task_of(first_user) or "chat"
 
 
 @dataclass

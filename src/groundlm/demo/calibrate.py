@@ -21,13 +21,14 @@ from pathlib import Path
 
 import torch
 
-from .train import train
-from .train.monitor import read_metrics
-from .train.precision import resolve_precision
-from .train.recipe import Recipe, override_steps
+from ..train import train
+from ..train.monitor import read_metrics
+from ..train.precision import resolve_precision
+from ..train.recipe import Recipe, override_steps
 
-# Per stage; the first WARMUP_STEPS are not timed (allocation, first touch of the data). With 8 steps (5 timed)
-# the probe put the demo's tasks stage 12% below its speed over the run, leaving 1.5 of 15 minutes unused.
+# Per stage; the first WARMUP_STEPS are not timed (allocation, first touch of the data). The timed steps are
+# enough for their median to settle at the speed a stage keeps over a whole run; fewer under-read it, and the
+# budget is then left partly unused.
 PROBE_STEPS = 20
 WARMUP_STEPS = 5
 

@@ -1,4 +1,4 @@
-"""Importer for Flickr30k Entities (BryanPlummer/flickr30k_entities; reference/evaluation.md §1.6).
+"""Importer for Flickr30k Entities (BryanPlummer/flickr30k_entities; docs/evaluation.md).
 
 Layout: ``<root>/Sentences/<image id>.txt`` holds five captions, one per line, with annotated phrases written
 ``[/EN#<entity>/<type>[/<type>…] words…]``; ``<root>/Annotations/<image id>.xml`` is Pascal-VOC-like: the image
@@ -19,16 +19,19 @@ bottom edges.)
 
 from __future__ import annotations
 
-import random
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ..records import GroundTruthObject, Record
-from . import tasks
-from .importers_base import Importer, ImportReport, OnError, PathLike, RowError
+from ...records import GroundTruthObject, Record
+from .. import tasks
+from .base import Importer, ImportOptions, PathLike, RowError
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing.Unpack from Python 3.11
 
 _PHRASE = re.compile(r"\[/EN#(?P<entity>\d+)(?P<types>(?:/[^\s/\]]+)+)\s+(?P<text>[^\[\]]+?)\s*\]")
 
@@ -152,9 +155,7 @@ def from_flickr30k_grounding(
     root: PathLike,
     *,
     ids: Iterable[str] | None = None,
-    rng: random.Random | None = None,
-    on_error: OnError = "raise",
-    report: ImportReport | None = None,
+    **options: Unpack[ImportOptions],
 ) -> list[Record]:
     """One ``[grounding]`` record per caption (id ``flickr30k-<image>-<k>``) under the Flickr30k Entities ``root``.
 
@@ -164,7 +165,8 @@ def from_flickr30k_grounding(
     boxes}`` (object indices) per boxed phrase and ``meta["caption"]`` the plain caption. A caption without a
     single boxed phrase is counted as ``no boxed phrase``.
     """
-    importer = Importer(root, on_error, report)
+    importer = Importer(root, **options)
+    rng = importer.rng
 
     def convert(_: int, image_id: str) -> list[Record]:
         image = read_flickr30k_image(root, image_id)
@@ -210,15 +212,15 @@ def from_flickr30k_detection(
     root: PathLike,
     *,
     ids: Iterable[str] | None = None,
-    rng: random.Random | None = None,
-    on_error: OnError = "raise",
-    report: ImportReport | None = None,
+    **options: Unpack[ImportOptions],
 ) -> list[Record]:
     """One ``[detection]`` record per distinct boxed phrase of an image (id ``flickr30k-<image>-det-<n>``).
 
     Phrases are compared case-insensitively over the image's captions; when one phrase names several entities
     (two different "a man"), the answer holds the boxes of all of them. ``meta["entities"]`` lists them.
     """
+    importer = Importer(root, **options)
+    rng = importer.rng
 
     def convert(_: int, image_id: str) -> list[Record]:
         image = read_flickr30k_image(root, image_id)
@@ -247,4 +249,4 @@ def from_flickr30k_detection(
             out.append(Record(f"flickr30k-{image_id}-det-{n}", f"{image_id}.jpg", objects, messages, meta))
         return out
 
-    return Importer(root, on_error, report).run(_rows(root, ids), convert)
+    return importer.run(_rows(root, ids), convert)

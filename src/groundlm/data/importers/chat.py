@@ -1,5 +1,5 @@
 """Importers for conversation files: LLaVA / ShareGPT JSON and ms-swift JSONL with grounding ``objects``
-(reference/llava_hf_and_style.md §4).
+(docs/published-systems.md).
 
 - ``from_llava``: a JSON list (or JSON lines) of ``{id, image, conversations: [{from, value}]}``; ``from`` is
   ``human``/``gpt`` (also ``user``/``assistant``/``system``), and ``role``/``content`` turns under ``messages``
@@ -26,23 +26,10 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ..records import GroundTruthObject, Message, Record
-from ..templates import task_of
-from .importers_base import (
-    Importer,
-    ImportReport,
-    OnError,
-    PathLike,
-    RowError,
-    as_dict,
-    get,
-    image_size,
-    json_rows,
-    numbers,
-    pixel_box,
-    positive_int,
-    scaled_box,
-)
+from ...records import GroundTruthObject, Message, Record
+from ...tasks import CHAT, task_of
+from .base import Importer, ImportReport, OnError, PathLike, RowError, image_size, json_rows
+from .fields import as_dict, get, numbers, pixel_box, positive_int, scaled_box
 
 _ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 # The tag and the newline LLaVA puts beside it ("<image>\nWhat is…" or "What is…\n<image>").
@@ -92,7 +79,7 @@ def _check_tags(tags: int, image: str | None, key: str) -> None:
 
 def _meta(source: str, row: dict, messages: list[Message]) -> dict:
     first_user = next((m.content for m in messages if m.role == "user"), "")
-    meta: dict[str, Any] = {"task": task_of(first_user) or "chat", "source": source}
+    meta: dict[str, Any] = {"task": task_of(first_user) or CHAT, "source": source}
     if isinstance(row.get("id"), str | int) and not isinstance(row.get("id"), bool):
         meta["source_id"] = row["id"]
     return meta

@@ -1,5 +1,5 @@
 """Importers for the RefCOCO family (RefCOCO, RefCOCO+, RefCOCOg): MiniGPT-v2's evaluation JSON and the
-refer API layout (reference/evaluation.md §1.1, §1.3).
+refer API layout (docs/evaluation.md).
 
 - ``from_minigptv2_refcoco``: ``{refcoco,refcoco+,refcocog}_{split}.json``, one row per sentence
   ``{img_id, sents, bbox [x, y, w, h], height, width}``. The image is ``img_id[:27] + ".jpg"`` (a COCO
@@ -19,28 +19,20 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..geometry import xywh_to_xyxy
-from ..records import GroundTruthObject, Record
-from . import tasks
-from .importers_base import (
-    Importer,
-    ImportReport,
-    OnError,
-    PathLike,
-    RowError,
-    as_dict,
-    get,
-    get_text,
-    load_json,
-    numbers,
-    pixel_box,
-    positive_int,
-)
-from .safe_pickle import safe_load
+from ...geometry import xywh_to_xyxy
+from ...records import GroundTruthObject, Record
+from .. import tasks
+from ..safe_pickle import safe_load
+from .base import Importer, ImportOptions, ImportReport, OnError, PathLike, RowError, load_json
+from .fields import as_dict, get, get_text, numbers, pixel_box, positive_int
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing.Unpack from Python 3.11
 
 # A COCO file stem is 27 characters: "COCO_train2014_" + 12 digits.
 _COCO_STEM = 27
@@ -52,9 +44,7 @@ def from_minigptv2_refcoco(
     *,
     dataset: str | None = None,
     split: str | None = None,
-    rng: random.Random | None = None,
-    on_error: OnError = "raise",
-    report: ImportReport | None = None,
+    **options: Unpack[ImportOptions],
 ) -> list[Record]:
     """One ``[refer]`` record per row of a MiniGPT-v2 RefCOCO evaluation file.
 
@@ -66,6 +56,8 @@ def from_minigptv2_refcoco(
     stem_dataset, _, stem_split = path.stem.rpartition("_")
     dataset = dataset or stem_dataset or path.stem
     split = split or stem_split
+    importer = Importer(path, **options)
+    rng = importer.rng
     rows = load_json(path)
     if not isinstance(rows, list):
         raise ValueError(f"{path}: expected a JSON list of rows, got {type(rows).__name__}")
@@ -93,7 +85,7 @@ def from_minigptv2_refcoco(
         return [Record(f"{dataset}-{split}-{index}", stem + ".jpg", [obj], messages, meta)]
 
     rows_with_where = ((f"row {i}", row) for i, row in enumerate(rows))
-    return Importer(path, on_error, report).run(rows_with_where, convert)
+    return importer.run(rows_with_where, convert)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -277,23 +269,34 @@ def load_refer(
     return importer.run(source.rows(), lambda _, ref: [source.join(ref)] if source.wanted(ref, split) else [])
 
 
+def _refer_records(
+    refs_path: PathLike,
+    instances_path: PathLike,
+    split: str | None,
+    options: ImportOptions,
+    records_of: Callable[[ReferObject, random.Random | None], list[Record]],
+) -> list[Record]:
+    """``records_of(object, rng)`` for every ref of ``split``, under the importer's error policy."""
+    _check_split(split)
+    source = _ReferSource(refs_path, instances_path)
+    importer = Importer(refs_path, **options)
+
+    def convert(_: int, ref: Any) -> list[Record]:
+        return records_of(source.join(ref), importer.rng) if source.wanted(ref, split) else []
+
+    return importer.run(source.rows(), convert)
+
+
 def from_refer_rec(
     refs_path: PathLike,
     instances_path: PathLike,
     *,
     split: str | None = None,
-    rng: random.Random | None = None,
-    on_error: OnError = "raise",
-    report: ImportReport | None = None,
+    **options: Unpack[ImportOptions],
 ) -> list[Record]:
     """Referring-expression comprehension: one ``[refer]`` record per sentence (id ``…-<ref_id>-<sent_id>``)."""
-    _check_split(split)
-    source = _ReferSource(refs_path, instances_path)
 
-    def convert(_: int, ref: Any) -> list[Record]:
-        if not source.wanted(ref, split):
-            return []
-        obj = source.join(ref)
+    def records_of(obj: ReferObject, rng: random.Random | None) -> list[Record]:
         out = []
         for k, (sent_id, sentence) in enumerate(obj.sentences):
             meta = obj.meta("refer") | {"sent_id": sent_id}
@@ -302,7 +305,7 @@ def from_refer_rec(
             out.append(Record(rid, obj.image, [obj.ground_truth(sentence)], messages, meta))
         return out
 
-    return Importer(refs_path, on_error, report).run(source.rows(), convert)
+    return _refer_records(refs_path, instances_path, split, options, records_of)
 
 
 def from_refer_reg(
@@ -310,22 +313,15 @@ def from_refer_reg(
     instances_path: PathLike,
     *,
     split: str | None = None,
-    rng: random.Random | None = None,
-    on_error: OnError = "raise",
-    report: ImportReport | None = None,
+    **options: Unpack[ImportOptions],
 ) -> list[Record]:
     """Referring-expression generation: one ``[identify]`` record per object, all sentences in meta.
 
     The answer is the first sentence, or a sentence drawn with ``rng`` when one is given;
     ``meta["references"]`` lists every sentence of the object for the REG metric.
     """
-    _check_split(split)
-    source = _ReferSource(refs_path, instances_path)
 
-    def convert(_: int, ref: Any) -> list[Record]:
-        if not source.wanted(ref, split):
-            return []
-        obj = source.join(ref)
+    def records_of(obj: ReferObject, rng: random.Random | None) -> list[Record]:
         references = [sentence for _, sentence in obj.sentences]
         answer = references[0] if rng is None else rng.choice(references)
         meta = obj.meta("identify") | {"references": references}
@@ -333,4 +329,4 @@ def from_refer_reg(
         rid = f"{obj.dataset}-{obj.split_by}-{obj.split}-{obj.ref_id}-reg"
         return [Record(rid, obj.image, [obj.ground_truth(obj.category)], messages, meta)]
 
-    return Importer(refs_path, on_error, report).run(source.rows(), convert)
+    return _refer_records(refs_path, instances_path, split, options, records_of)

@@ -1,84 +1,30 @@
-"""Importers: common dataset formats → records (DESIGN §2). One plain function per format.
-
-This module holds the COCO-image formats with one question or caption per row and re-exports the others, so
-``from groundlm.data.importers import from_xxx`` finds every importer:
-
-- ``from_coco_captions``      COCO ``captions_*.json`` → one ``[caption]`` record per image
-- ``from_vqav2``, ``from_okvqa`` questions + annotations JSON → ``[vqa]`` records, 10 answers in meta
-- ``from_gqa``                GQA questions JSON (a dict keyed by question id) → ``[vqa]`` records
-- ``from_pope``               POPE question files → plain yes/no question records, ``label`` in meta
-- ``from_llava_caps_boxes``   LLaVA's caps_boxes JSONL → ``[caption]`` and ``[detection]`` records
-- ``from_minigptv2_refcoco``, ``load_refer``, ``from_refer_rec``, ``from_refer_reg`` (``importers_refer``)
-- ``from_flickr30k_grounding``, ``from_flickr30k_detection`` (``importers_flickr``)
-- ``from_llava``, ``from_swift`` (``importers_chat``)
-
-Conventions shared by all of them: without an ``rng`` the instruction is MiniGPT-v2's evaluation prompt
-(and a fixed answer is picked, e.g. the first caption); with a ``random.Random`` the instruction (and such
-an answer) is drawn, for training. ``meta["task"]`` names the task and ``meta["source"]`` the format; what a
-metric needs (all captions, the 10 VQA answers, the POPE label) is kept in ``meta``. Image names are those
-of the source (``COCO_val2014_000000000042.jpg``); the image root is given when the records are used.
-A broken row raises ``ImportRowError`` naming file, row and field, or with ``on_error="skip"`` is skipped
-and counted in the ``ImportReport`` passed as ``report`` (see ``importers_base``).
-"""
+"""Importers for formats over COCO images with one caption, question or category per row: COCO captions,
+VQAv2 / OK-VQA / GQA questions, POPE and LLaVA's caps_boxes (conventions in ``__init__``)."""
 
 from __future__ import annotations
 
-import random
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..records import GroundTruthObject, Message, Record
-from . import tasks
-from .importers_base import (
+from ...records import GroundTruthObject, Message, Record
+from .. import tasks
+from .base import (
     Importer,
+    ImportOptions,
     ImportReport,
-    ImportRowError,
     OnError,
     PathLike,
     RowError,
-    as_dict,
-    get,
-    get_text,
     image_size,
     json_rows,
     load_json,
-    numbers,
-    scaled_box,
-    text_value,
 )
-from .importers_chat import from_llava, from_swift
-from .importers_flickr import from_flickr30k_detection, from_flickr30k_grounding
-from .importers_refer import (
-    ReferObject,
-    from_minigptv2_refcoco,
-    from_refer_rec,
-    from_refer_reg,
-    load_refer,
-    refer_split_matches,
-)
+from .fields import as_dict, get, get_text, numbers, scaled_box, text_value
 
-__all__ = [
-    "ImportReport",
-    "ImportRowError",
-    "ReferObject",
-    "from_coco_captions",
-    "from_flickr30k_detection",
-    "from_flickr30k_grounding",
-    "from_gqa",
-    "from_llava",
-    "from_llava_caps_boxes",
-    "from_minigptv2_refcoco",
-    "from_okvqa",
-    "from_pope",
-    "from_refer_rec",
-    "from_refer_reg",
-    "from_swift",
-    "from_vqav2",
-    "load_refer",
-    "refer_split_matches",
-]
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing.Unpack from Python 3.11
 
 
 def _table(data: Any, key: str, path: PathLike) -> list:
@@ -91,13 +37,7 @@ def _table(data: Any, key: str, path: PathLike) -> list:
 # COCO captions
 
 
-def from_coco_captions(
-    path: PathLike,
-    *,
-    rng: random.Random | None = None,
-    on_error: OnError = "raise",
-    report: ImportReport | None = None,
-) -> list[Record]:
+def from_coco_captions(path: PathLike, **options: Unpack[ImportOptions]) -> list[Record]:
     """One ``[caption]`` record per image of a COCO ``captions_*.json`` (id ``coco-caption-<image_id>``).
 
     The answer is the image's first caption (or one drawn with ``rng``); ``meta["captions"]`` keeps all of
@@ -106,7 +46,8 @@ def from_coco_captions(
     """
     data = load_json(path)
     images, annotations = _table(data, "images", path), _table(data, "annotations", path)
-    importer = Importer(path, on_error, report)
+    importer = Importer(path, **options)
+    rng = importer.rng
 
     def caption_of(_: int, ann: Any) -> list[tuple[Any, str]]:
         ann = as_dict(ann)
@@ -150,10 +91,10 @@ def _vqa_layout(
     questions_path: PathLike,
     annotations_path: PathLike | None,
     subtype: str | None,
-    rng: random.Random | None,
-    on_error: OnError,
-    report: ImportReport | None,
+    options: ImportOptions,
 ) -> list[Record]:
+    importer = Importer(questions_path, **options)
+    rng = importer.rng
     data = load_json(questions_path)
     questions = _table(data, "questions", questions_path)
     subtype = subtype or data.get("data_subtype")
@@ -192,7 +133,7 @@ def _vqa_layout(
         return [Record(f"{source}-{qid}", image, [], messages, meta)]
 
     rows = ((f"questions[{i}]", q) for i, q in enumerate(questions))
-    return Importer(questions_path, on_error, report).run(rows, convert)
+    return importer.run(rows, convert)
 
 
 def from_vqav2(
@@ -200,9 +141,7 @@ def from_vqav2(
     annotations_path: PathLike | None = None,
     *,
     subtype: str | None = None,
-    rng: random.Random | None = None,
-    on_error: OnError = "raise",
-    report: ImportReport | None = None,
+    **options: Unpack[ImportOptions],
 ) -> list[Record]:
     """VQAv2 ``[vqa]`` records (id ``vqav2-<question_id>``), image ``COCO_<subtype>_<image_id:012d>.jpg``.
 
@@ -210,7 +149,7 @@ def from_vqav2(
     frequent of the 10 and ``meta["answers"]`` keeps all 10 for the soft accuracy; without (test-dev), the
     record is the question alone.
     """
-    return _vqa_layout("vqav2", questions_path, annotations_path, subtype, rng, on_error, report)
+    return _vqa_layout("vqav2", questions_path, annotations_path, subtype, options)
 
 
 def from_okvqa(
@@ -218,26 +157,20 @@ def from_okvqa(
     annotations_path: PathLike | None = None,
     *,
     subtype: str | None = None,
-    rng: random.Random | None = None,
-    on_error: OnError = "raise",
-    report: ImportReport | None = None,
+    **options: Unpack[ImportOptions],
 ) -> list[Record]:
     """OK-VQA ``[vqa]`` records (id ``okvqa-<question_id>``); same layout and rules as ``from_vqav2``."""
-    return _vqa_layout("okvqa", questions_path, annotations_path, subtype, rng, on_error, report)
+    return _vqa_layout("okvqa", questions_path, annotations_path, subtype, options)
 
 
-def from_gqa(
-    path: PathLike,
-    *,
-    rng: random.Random | None = None,
-    on_error: OnError = "raise",
-    report: ImportReport | None = None,
-) -> list[Record]:
+def from_gqa(path: PathLike, **options: Unpack[ImportOptions]) -> list[Record]:
     """GQA ``[vqa]`` records (id ``gqa-<question_id>``, image ``<imageId>.jpg``), the answer in meta.
 
     The file is a dict keyed by question id with ``imageId``, ``question`` and ``answer``; rows without an
     answer (the challenge test split) become a question alone.
     """
+    importer = Importer(path, **options)
+    rng = importer.rng
     data = load_json(path)
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a JSON object keyed by question id")
@@ -254,7 +187,7 @@ def from_gqa(
             messages = tasks.vqa(question, meta["answer"], rng, eval=rng is None)
         return [Record(f"gqa-{qid}", f"{image_id}.jpg", [], messages, meta)]
 
-    return Importer(path, on_error, report).run(((f"[{k!r}]", (k, v)) for k, v in data.items()), convert)
+    return importer.run(((f"[{k!r}]", (k, v)) for k, v in data.items()), convert)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -299,9 +232,7 @@ def from_llava_caps_boxes(
     *,
     image_sizes: Mapping[str, tuple[int, int]] | None = None,
     image_root: PathLike | None = None,
-    rng: random.Random | None = None,
-    on_error: OnError = "raise",
-    report: ImportReport | None = None,
+    **options: Unpack[ImportOptions],
 ) -> list[Record]:
     """LLaVA's ``caps_boxes`` JSONL: per image a ``[caption]`` record and one ``[detection]`` record per category.
 
@@ -313,7 +244,8 @@ def from_llava_caps_boxes(
     Ids: ``llava-caps-<id>-caption`` and ``llava-caps-<id>-detection-<k>``.
     """
     sizes = dict(image_sizes or {})
-    importer = Importer(path, on_error, report)
+    importer = Importer(path, **options)
+    rng = importer.rng
 
     def size_of(image: str) -> tuple[int, int] | None:
         if image in sizes:
@@ -350,6 +282,7 @@ def from_llava_caps_boxes(
                 importer.report.skip("no image size", len(by_category))
             return out
         width, height = size
+        size_meta = {"width": width, "height": height}
         for k, (category, boxes) in enumerate(by_category.items()):
             objects = [
                 GroundTruthObject(
@@ -358,13 +291,7 @@ def from_llava_caps_boxes(
                 for b in boxes
             ]
             messages = tasks.detection(category, list(range(len(objects))), rng, eval=rng is None)
-            meta = {
-                "task": "detection",
-                "source": "llava_caps_boxes",
-                "image_id": rid,
-                "width": width,
-                "height": height,
-            }
+            meta = {"task": "detection", "source": "llava_caps_boxes", "image_id": rid, **size_meta}
             out.append(Record(f"llava-caps-{rid}-detection-{k}", image, objects, messages, meta))
         return out
 
