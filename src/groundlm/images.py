@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .geometry import Frame
+from .geometry import FRAMES, Frame
 
 # CLIP's normalisation constants (OpenAI CLIP, also used by LLaVA and BLIP-2/MiniGPT).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -97,8 +97,8 @@ class ImageTransform:
     std: tuple[float, float, float] = CLIP_STD
 
     def __post_init__(self) -> None:
-        if self.frame not in ("resize", "pad"):
-            raise ValueError(f"frame must be 'resize' or 'pad', got {self.frame!r}")
+        if self.frame not in FRAMES:
+            raise ValueError(f"frame must be one of {', '.join(FRAMES)}, got {self.frame!r}")
 
     def __call__(self, image: Image.Image) -> tuple[torch.Tensor, Frame]:
         """Return the normalised pixel tensor [3, size, size] and the frame that maps boxes into it."""
