@@ -104,7 +104,7 @@ def test_happy_path_with_an_image(client, lm):
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
     # the server decodes exactly as GroundLM.ask does
     image = Image.new("RGB", (80, 60), (200, 30, 30))
-    assert choice["message"]["content"] == lm.ask(image, "[refer] the red circle", max_new_tokens=6).text
+    assert choice["message"]["content"] == lm.ask(image, "[refer] the red circle", max_new_tokens=12).text
 
 
 def test_objects_come_back_in_pixels_and_normalised(stub_client):
@@ -149,7 +149,7 @@ def test_sampling_with_temperature(client):
 def test_stop_strings_cut_the_answer(stub_client):
     r = stub_client.post("/v1/chat/completions", json=chat_body(stop=["</p>"]))
     choice = r.json()["choices"][0]
-    assert choice["message"]["content"] == "<p>red circle" and choice["finish_reason"] == "stop"
+    assert choice["message"]["content"] == "<p> red circle " and choice["finish_reason"] == "stop"
 
 
 def test_streaming_sends_openai_chunks(stub_client):
@@ -288,7 +288,7 @@ def test_nan_and_infinity_are_refused(small_client):
     raw = json.dumps(chat_body("<box:0>", boxes=[[1, 2, 3, 4]]))
     raw = raw.replace("[1, 2, 3, 4]", "[1, NaN, 3, Infinity]")
     _error(small_client.post("/v1/chat/completions", content=raw, headers=json_header), 400)
-    raw = json.dumps(chat_body()).replace('"max_tokens": 6', '"max_tokens": 6, "temperature": NaN')
+    raw = json.dumps(chat_body()).replace('"max_tokens": 12', '"max_tokens": 12, "temperature": NaN')
     _error(small_client.post("/v1/chat/completions", content=raw, headers=json_header), 400)
 
 
@@ -373,10 +373,9 @@ def test_a_generation_fault_is_a_500_in_the_error_shape_and_the_server_goes_on(l
 def test_array_masks_are_sent_as_coco_rle():
     from groundlm.location import GroundedObject
     from groundlm.masks import decode_mask
-    from groundlm.serve.engine import object_dict
 
     mask = np.zeros((6, 8), dtype=bool)
     mask[1:4, 2:5] = True
-    out = object_dict(GroundedObject("a", (0.1, 0.2, 0.6, 0.7), (1.0, 1.0, 5.0, 4.0), torch.from_numpy(mask)))
+    out = GroundedObject("a", (0.1, 0.2, 0.6, 0.7), (1.0, 1.0, 5.0, 4.0), torch.from_numpy(mask)).to_dict()
     assert out["mask"]["size"] == [6, 8] and (decode_mask(out["mask"], 6, 8) == mask).all()
     assert json.loads(json.dumps(out)) == out

@@ -13,8 +13,7 @@ from pathlib import Path
 import torch
 
 from .data.shapes import vocabulary
-from .location_codecs import make_codec
-from .location_setup import location_head_settings
+from .location import location_head_settings, make_codec
 from .modeling import GroundLMConfig, GroundLMForConditionalGeneration
 from .modeling.positions import coordinate_code
 from .processor import GroundLMProcessor, ProcessorConfig
@@ -150,7 +149,7 @@ def build_model(
         location_bins=p.location_bins,
         location_codec=p.location_codec,
         location_head=(
-            location_head_settings(processor, **(p.location_head or {})) if p.location_codec == "embedding" else None
+            location_head_settings(tok, processor.codec, p.location_head) if p.location_codec == "embedding" else None
         ),
         image_position_embedding=p.image_position_embedding,
         pad_token_id=tok.pad_token_id,

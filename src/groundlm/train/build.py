@@ -19,8 +19,7 @@ from tokenizers import AddedToken
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ..images import CLIP_MEAN, CLIP_STD
-from ..location_codecs import make_codec
-from ..location_setup import add_location_tokens
+from ..location import add_location_tokens, make_codec
 from ..modeling import GroundLMConfig, GroundLMForConditionalGeneration, build_connector, load_vision_tower
 from ..modeling.location_heads import build_location_heads
 from ..presets import build_model, get_preset
