@@ -4,9 +4,11 @@ batched decoding equals one prompt at a time, and `ask` returns the decoded boxe
 from __future__ import annotations
 
 import dataclasses
+import io
 
 import pytest
 import torch
+from PIL import Image
 
 import groundlm.decoding as decoding
 from groundlm.data.shapes import scene_at
@@ -119,3 +121,46 @@ def test_ask_returns_the_decoded_boxes_as_grounded_objects(lm, forced_triggers):
     assert [g.answer.text for g in lm.generate([_prompts(lm, ["[refer] the red circle"], [[]])[0]], 6)] == [
         answer.text
     ]
+
+
+@pytest.fixture(scope="module")
+def mask_lm():
+    preset = dataclasses.replace(get_preset("tiny"), location_codec="embedding", location_head={"mask_decoder": True})
+    model, processor = build_model(preset, seed=1)
+    return GroundLM(model, processor)
+
+
+def _mask_forced(monkeypatch, lm):
+    """Greedy decoding that emits the trigger at the first step."""
+    original = decoding.choose
+    trigger = _ids(lm)["trigger_token_id"]
+    step = {"n": 0}
+
+    def choose(logits, sampling, generator):
+        out = original(logits, sampling, generator)
+        step["n"] += 1
+        return torch.full_like(out, trigger) if step["n"] == 1 else out
+
+    monkeypatch.setattr(decoding, "choose", choose)
+    return step
+
+
+def test_ask_and_the_api_return_the_same_decoded_masks(mask_lm, monkeypatch):
+    from fastapi.testclient import TestClient
+
+    from groundlm.masks import decode_mask
+    from groundlm.serve import create_app
+    from tests.serve_helpers import chat_body, png_bytes
+
+    step = _mask_forced(monkeypatch, mask_lm)
+    image = Image.open(io.BytesIO(png_bytes()))  # what chat_body sends: 80 x 60
+    answer = mask_lm.ask(image, "[refer] the red circle", max_new_tokens=4)
+    (obj, *_) = answer.objects
+    assert obj.mask is not None and obj.mask["size"] == [60, 80]
+    assert decode_mask(obj.mask, 60, 80).shape == (60, 80)
+    step["n"] = 0
+    with TestClient(create_app(mask_lm, ui=False)) as client:
+        body = client.post("/v1/chat/completions", json=chat_body(max_tokens=4)).json()
+    api_objects = body["choices"][0]["message"]["objects"]
+    assert api_objects == [o.to_dict() for o in answer.objects]
+    assert api_objects[0]["mask"]["size"] == [60, 80]

@@ -7,6 +7,7 @@ box, a stub with a fixed answer (tests/serve_helpers.py) stands in for generatio
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 
 import httpx
@@ -126,7 +127,7 @@ def test_boxes_enter_the_prompt_as_location_text(stub_client, stub):
     assert tokens[-7:-1] == ["{", "<12>", "<33>", "<62>", "<66>", "}"]
 
 
-def test_multi_turn_and_system_messages(stub_client):
+def test_multi_turn_and_system_messages_reach_the_prompt(stub_client, stub):
     body = chat_body()
     body["messages"] = [
         {"role": "developer", "content": "answer briefly"},
@@ -136,6 +137,17 @@ def test_multi_turn_and_system_messages(stub_client):
     ]
     body["boxes"] = [[1, 2, 30, 40]]
     assert stub_client.post("/v1/chat/completions", json=body).status_code == 200
+    # the model saw the whole conversation, the developer message as the system turn, the box in its format
+    expected = stub.processor.prompt(Image.open(io.BytesIO(png_bytes())), [
+        {"role": "system", "content": "answer briefly"},
+        {"role": "user", "content": "[refer] the red circle"},
+        {"role": "assistant", "content": FIXED_ANSWER},
+        {"role": "user", "content": "[identify] what is <box:0>"},
+    ], [[1, 2, 30, 40]])
+    assert stub.seen[-1].input_ids == expected.input_ids
+    prompt = stub.processor.tokenizer.decode(stub.seen[-1].input_ids)
+    assert prompt.index("answer briefly") < prompt.index("red circle") < prompt.index("identify")
+    assert "{ <1> <3> <37> <66> }" in prompt  # [1, 2, 30, 40] of an 80 x 60 image, in bins
 
 
 def test_sampling_with_temperature(client):
