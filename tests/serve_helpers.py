@@ -48,6 +48,24 @@ class ScriptedModel:
         return SimpleNamespace(logits=logits, cache=position + 1, hidden_states=None)
 
 
+class PacedModel:
+    """The real model, `seconds` slower per forward pass, counting its passes (to see what a client received
+    while decoding was still going on)."""
+
+    def __init__(self, model, seconds: float):
+        self.model = model
+        self.seconds = seconds
+        self.forwards = 0
+
+    def __getattr__(self, name: str):
+        return getattr(self.model, name)
+
+    def __call__(self, **inputs):
+        time.sleep(self.seconds)
+        self.forwards += 1
+        return self.model(**inputs)
+
+
 class FixedAnswerLM(GroundLM):
     """Answers every prompt with `answer` (default: one box with a phrase) and the stop token, through the real
     decoding loop; `stop=False` never writes the stop token (the answer repeats until `max_new_tokens`)."""

@@ -18,10 +18,13 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 import groundlm
+from groundlm.inference import GroundLM
 from groundlm.serve import Limits, create_app
 from tests.serve_helpers import (
     FIXED_ANSWER,
     FixedAnswerLM,
+    PacedModel,
+    ServerThread,
     SlowLM,
     chat_body,
     data_url,
@@ -177,6 +180,24 @@ def test_streaming_sends_openai_chunks(stub_client):
     assert last["choices"][0]["finish_reason"] == "stop"
     assert last["groundlm"]["objects"][0]["phrase"] == "red circle"
     assert events[-1]["choices"] == [] and events[-1]["usage"]["total_tokens"] > 0
+
+
+def test_streaming_sends_pieces_while_the_real_model_is_still_decoding(lm):
+    paced = PacedModel(lm.model, seconds=0.1)
+    received: list[tuple[str, int]] = []  # (piece, forward passes run when the client had it)
+    with ServerThread(create_app(GroundLM(paced, lm.processor), ui=False)) as server:
+        body = chat_body(stream=True, max_tokens=12)
+        with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, timeout=60) as r:
+            for line in r.iter_lines():
+                if line.startswith("data: {"):
+                    event = json.loads(line[len("data: "):])
+                    piece = event["choices"][0]["delta"].get("content") if event["choices"] else None
+                    if piece:
+                        received.append((piece, paced.forwards))
+    assert len(received) >= 2
+    assert received[0][1] < paced.forwards  # the first piece arrived while later tokens were still to come
+    image = Image.new("RGB", (80, 60), (200, 30, 30))
+    assert "".join(p for p, _ in received) == lm.ask(image, "[refer] the red circle", max_new_tokens=12).text
 
 
 def test_models_and_health(client):
