@@ -87,19 +87,16 @@ class EmbeddingLocationCodec:
 
         A trigger without a box (none given, or fewer boxes than triggers) gives no object. Never raises.
         """
-        if not isinstance(text, str) or not decoded:
+        if not decoded:
             return []
-        try:
-            boxes = iter(decoded)
+        boxes = iter(decoded)
 
-            def next_box(_: re.Match[str]) -> list[BoxNorm]:
-                box = next(boxes, None)
-                return [] if box is None else [_valid_box(box)]
+        def next_box(_: re.Match[str]) -> list[BoxNorm]:
+            box = next(boxes, None)
+            return [] if box is None else [_valid_box(box)]
 
-            # Several boxes of one phrase: the next trigger after `<boxes>` keeps the phrase.
-            return pair(text, _SCAN, next_box, _after_slot)
-        except Exception:  # a parser of model output must not crash the caller
-            return []
+        # Several boxes of one phrase: the next trigger after `<boxes>` keeps the phrase.
+        return pair(text, _SCAN, next_box, _after_slot)
 
     def strip(self, text: str) -> str:
         """The human-readable answer: phrases kept, `<p>` tags, `<at>` and `<boxes>` removed."""

@@ -40,8 +40,18 @@ def pair(
 
     A phrase owns the location that follows its `</p>` with only whitespace in between. With
     `keeps_phrase_until` the phrase also owns the next location when it follows, after whitespace, the
-    position that function gives (the embedding codec's `<at><boxes> <at>` runs of one phrase).
+    position that function gives (the embedding codec's `<at><boxes> <at>` runs of one phrase). Never raises:
+    text that is not a string, or a failure inside, gives [] (garbage from a model means no objects).
     """
+    if not isinstance(text, str):
+        return []
+    try:
+        return _pair(text, pattern, boxes_of, keeps_phrase_until)
+    except Exception:  # a parser of model output must not crash the caller
+        return []
+
+
+def _pair(text, pattern, boxes_of, keeps_phrase_until) -> list[GroundedObject]:
     objects: list[GroundedObject] = []
     phrase: str | None = None
     phrase_end = -1
@@ -77,10 +87,21 @@ def ordered(q: Sequence[float]) -> tuple:
     return (x1, y1, x2, y2)
 
 
+def check_bins(bins: object, least: int) -> None:
+    """Raise unless `bins` is an integer (not a bool) of at least `least`."""
+    if isinstance(bins, bool) or not isinstance(bins, int) or bins < least:
+        raise ValueError(f"bins must be an integer >= {least}, got {bins!r}")
+
+
+def check_four(q: Sequence) -> None:
+    """Raise unless `q` holds the 4 numbers of a box."""
+    if len(q) != 4:
+        raise ValueError(f"a box needs 4 numbers, got {len(q)}: {q!r}")
+
+
 def checked_box(box_norm: Sequence[float]) -> list[float]:
     """The 4 coordinates of a box as floats; raises on another length or a non-finite value."""
-    if len(box_norm) != 4:
-        raise ValueError(f"a box needs 4 numbers, got {len(box_norm)}: {box_norm!r}")
+    check_four(box_norm)
     values = [float(v) for v in box_norm]
     if not all(math.isfinite(v) for v in values):
         raise ValueError(f"a box coordinate is not finite: {box_norm!r}")
@@ -102,4 +123,4 @@ def slot_texts(
     return [box_text(slot_box(s, boxes_norm)) for s in BOX_SLOT.finditer(slots)]
 
 
-__all__ = ["PHRASE_TOKENS", "checked_box", "markup", "ordered", "pair", "scanner", "slot_box", "slot_texts", "tidy"]
+__all__ = ["PHRASE_TOKENS", "check_bins", "check_four", "checked_box", "markup", "ordered", "pair", "scanner", "slot_box", "slot_texts", "tidy"]

@@ -31,7 +31,18 @@ from dataclasses import dataclass
 from ..records import BOX_SLOT
 from .codec import WrittenLocations
 from .objects import BoxNorm, GroundedObject
-from .scan import PHRASE_TOKENS, checked_box, markup, ordered, pair, scanner, slot_texts, tidy
+from .scan import (
+    PHRASE_TOKENS,
+    check_bins,
+    check_four,
+    checked_box,
+    markup,
+    ordered,
+    pair,
+    scanner,
+    slot_texts,
+    tidy,
+)
 
 # Far below one bin for any practical `bins`, far above float rounding error (~1e-13 at v * bins <= 1e4).
 _SNAP = 1e-9
@@ -56,8 +67,7 @@ class TextLocationCodec(WrittenLocations):
     bins: int = 100
 
     def __post_init__(self) -> None:
-        if isinstance(self.bins, bool) or not isinstance(self.bins, int) or self.bins < 1:
-            raise ValueError(f"bins must be a positive integer, got {self.bins!r}")
+        check_bins(self.bins, 1)
 
     def quantize(self, box_norm: Sequence[float]) -> tuple[int, int, int, int]:
         """[0, 1] coordinates → integers 0..bins by truncation (`int(v * bins)`), clamped to the range."""
@@ -68,8 +78,7 @@ class TextLocationCodec(WrittenLocations):
 
     def dequantize(self, q: Sequence[int]) -> BoxNorm:
         """Integers 0..bins → [0, 1] coordinates (`q / bins`)."""
-        if len(q) != 4:
-            raise ValueError(f"a box needs 4 numbers, got {len(q)}: {q!r}")
+        check_four(q)
         return (q[0] / self.bins, q[1] / self.bins, q[2] / self.bins, q[3] / self.bins)
 
     def render_box(self, box_norm: Sequence[float]) -> str:
@@ -111,12 +120,8 @@ class TextLocationCodec(WrittenLocations):
         """The grounded objects written in `text`, in order; never raises (unparsable text gives []).
 
         `decoded` is ignored: the boxes are in the text."""
-        if not isinstance(text, str):
-            return []
-        try:
-            return pair(_UNK_EDGES.sub("", text), _SCAN, lambda m: self._boxes_in(m.group("loc")))
-        except Exception:  # a parser for model output must not crash the caller; garbage means no objects
-            return []
+        text = _UNK_EDGES.sub("", text) if isinstance(text, str) else text
+        return pair(text, _SCAN, lambda m: self._boxes_in(m.group("loc")))
 
     def strip(self, text: str) -> str:
         """The human-readable answer: phrases kept, tags, boxes and `<delim>` removed, whitespace normalised."""
