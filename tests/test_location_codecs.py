@@ -191,3 +191,18 @@ def test_sincos_coordinate_init_is_refused_for_codecs_without_coordinate_tokens(
     for codec in ("tokens", "embedding"):
         with pytest.raises(ValueError, match="for the text codec"):
             build_model(dataclasses.replace(get_preset("tiny"), location_codec=codec, coordinate_init="sincos"))
+
+
+def test_no_module_outside_the_location_package_asks_which_codec_it_has():
+    import re
+    from pathlib import Path
+
+    import groundlm
+
+    root = Path(groundlm.__file__).parent
+    asks = re.compile(r"isinstance\([^)]*Codec|embeds_locations")
+    offenders = [
+        str(path.relative_to(root)) for path in root.rglob("*.py")
+        if path.relative_to(root).parts[0] != "location" and asks.search(path.read_text())
+    ]
+    assert offenders == []

@@ -22,7 +22,8 @@ Decoding (`decode_hook`): when the model has emitted `<at>`, the next forward pa
 the hidden state the box decoder reads, exactly as in training (the hidden state *at* `<at>`), and the token
 after it is not chosen from the logits: it is the slot `<boxes>`, whose input embedding is the box encoder's
 encoding of the decoded box. (NExT-Chat's own generate overwrites the embedding of whatever token follows
-`<at>` and reads the box off the pass that *emitted* `<at>`; here both follow training.)
+`<at>` and reads the box off the pass that *emitted* `<at>`; here both follow training. docs/published-systems.md
+has NExT-Chat's formats.)
 
 Parsing: `parse(text, decoded)` pairs the i-th `<at>` of the text with `decoded[i]` (corners put in order and
 clamped to [0, 1]: the decoder is unconstrained); a phrase `<p>…</p>` directly before a trigger names it.
