@@ -11,7 +11,7 @@ runner all decode here. The loop is the plain one of a causal LM (the shape of g
   row has stopped or `max_new_tokens` are generated.
 
 Greedy decoding (argmax) gives the same tokens as transformers' `model.generate(do_sample=False)` on the same
-batch (tests/test_inference.py checks it). Sampling divides the logits by `temperature` and draws from the
+batch (tests/test_decoding.py checks it). Sampling divides the logits by `temperature` and draws from the
 smallest set of tokens whose probability reaches `top_p` (nucleus sampling), from a generator seeded with
 `seed` when one is given (the same seed, the same answer).
 
