@@ -113,10 +113,15 @@ def _add_routes(app: FastAPI, service: Service, ui: bool) -> None:
         if body.stream:
             pieces: asyncio.Queue[str] = asyncio.Queue()
             loop = asyncio.get_running_loop()
+
+            def push(piece: str) -> None:  # called in the generation thread
+                try:
+                    loop.call_soon_threadsafe(pieces.put_nowait, piece)
+                except RuntimeError:  # the loop has closed (shutdown): nobody reads this stream any more
+                    pass
+
             # refusals (busy, bad image) still come back as error statuses: the stream starts after prepare
-            job = await service.prepare(
-                conversation, decoding, on_text=lambda piece: loop.call_soon_threadsafe(pieces.put_nowait, piece)
-            )
+            job = await service.prepare(conversation, decoding, on_text=push)
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             events = _stream(completion_id, created, service.name, service.answer(job), pieces, include_usage)
             return StreamingResponse(events, media_type="text/event-stream",
