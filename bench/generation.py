@@ -19,13 +19,12 @@ import torch
 from groundlm.data.shapes import scene_at, scene_records
 from groundlm.export import to_llava
 from groundlm.inference import GroundLM
-from groundlm.presets import ModelSpec as Preset
-from groundlm.presets import build_model
+from groundlm.presets import ModelSpec, build_model
 
 SIZES = {
     # the demo's scale, and a ~100M-parameter configuration (as the performance issue asks)
-    "tiny": Preset(image_size=64, patch_size=8, vision_hidden=64, vision_layers=2, text_hidden=128, text_layers=2),
-    "base": Preset(image_size=224, patch_size=14, vision_hidden=384, vision_layers=6, text_hidden=768,
+    "tiny": ModelSpec(image_size=64, patch_size=8, vision_hidden=64, vision_layers=2, text_hidden=128, text_layers=2),
+    "base": ModelSpec(image_size=224, patch_size=14, vision_hidden=384, vision_layers=6, text_hidden=768,
                    text_layers=10, heads=12),
 }
 
@@ -59,7 +58,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     preset = SIZES[args.size]
-    model, processor = build_model(Preset(**{**preset.__dict__, "connector": "mlp2x_gelu"}), seed=0)
+    model, processor = build_model(ModelSpec(**{**preset.__dict__, "connector": "mlp2x_gelu"}), seed=0)
     lm = GroundLM(model, processor)
     llava = to_llava(model)
     params = sum(p.numel() for p in model.parameters()) / 1e6
@@ -95,7 +94,7 @@ def main() -> None:
     # Prefill: concat4 folds 4 sequence-adjacent image tokens into one (MiniGPT-v2).
     rows = []
     for connector in ("mlp2x_gelu", "concat4"):
-        m, p = build_model(Preset(**{**preset.__dict__, "connector": connector}), seed=0)
+        m, p = build_model(ModelSpec(**{**preset.__dict__, "connector": connector}), seed=0)
         encs = [p.prompt(w[0], [{"role": "user", "content": w[1]}], w[2]) for w in work[: args.batch_size]]
         batch = p.pad(encs)
         batch.pop("labels")

@@ -44,8 +44,7 @@ from torch import nn
 
 from groundlm.data.mixture import Mixture, Source
 from groundlm.export import to_llava
-from groundlm.presets import ModelSpec as Preset
-from groundlm.presets import build_model
+from groundlm.presets import ModelSpec, build_model
 from groundlm.processor import Encoded, GroundLMProcessor
 from groundlm.train.objectives import lm_token_losses
 from groundlm.train.optim import adamw, is_fused
@@ -83,7 +82,7 @@ class Result:
 
 def model_for(size: str, **overrides) -> tuple[nn.Module, GroundLMProcessor]:
     """groundlm's model of a benchmark size with the LLaVA-compatible connector (random weights, seed 0)."""
-    preset = Preset(**{**SIZES[size].__dict__, "connector": "mlp2x_gelu", **overrides})
+    preset = ModelSpec(**{**SIZES[size].__dict__, "connector": "mlp2x_gelu", **overrides})
     return build_model(preset, seed=0)
 
 

@@ -1,8 +1,9 @@
 """Helpers of the serving tests: stub models with fixed or slow answers, data URLs, a server on loopback.
 
-The stubs are real `GroundLM`s (real tokenizer, processor and weights of the tiny model) whose `generate`
-is replaced. They test the server and the page — request handling, batching, parsing, drawing — not the model:
-a random model rarely writes a box, and a page test must know a box is coming to check that it is drawn.
+The stubs are real `GroundLM`s (real tokenizer, processor and decoding loop) whose model is scripted: each
+forward pass puts all probability on the next token of a fixed answer. They test the server and the page —
+request handling, batching, stop strings, streaming, parsing, drawing — not the model: a random model rarely
+writes a box, and a page test must know a box is coming to check that it is drawn.
 """
 
 from __future__ import annotations
@@ -14,28 +15,76 @@ import struct
 import threading
 import time
 import zlib
+from types import SimpleNamespace
 
+import torch
 from PIL import Image
 
 from groundlm.inference import GroundLM
 
-FIXED_ANSWER = "<p>red circle</p> {<10><20><60><70>}"
+# The fixed answer as the tiny model's word-level tokenizer decodes it (tokens joined by spaces).
+FIXED_ANSWER = "<p> red circle </p> { <10> <20> <60> <70> }"
+
+
+class ScriptedModel:
+    """A model whose forward passes give, for every row, the token of `script` at the step's position (cycling),
+    as one-hot logits; everything else (config, dtype, parameters) is the wrapped model's."""
+
+    def __init__(self, model, script: list[int]):
+        self.model = model
+        self.script = script
+        self.forwards = 0  # forward passes run, the prefill included
+
+    def __getattr__(self, name: str):
+        return getattr(self.model, name)
+
+    def __call__(self, *, input_ids=None, inputs_embeds=None, cache=None, **_):
+        rows = (input_ids if input_ids is not None else inputs_embeds).shape[0]
+        position = 0 if cache is None else cache
+        self.forwards += 1
+        size = max(self.model.config.text_config.vocab_size, max(self.script) + 1)
+        logits = torch.zeros(rows, 1, size)
+        logits[:, :, self.script[position % len(self.script)]] = 1.0
+        return SimpleNamespace(logits=logits, cache=position + 1, hidden_states=None)
+
+
+class PacedModel:
+    """The real model, `seconds` slower per forward pass, counting its passes (to see what a client received
+    while decoding was still going on)."""
+
+    def __init__(self, model, seconds: float):
+        self.model = model
+        self.seconds = seconds
+        self.forwards = 0
+
+    def __getattr__(self, name: str):
+        return getattr(self.model, name)
+
+    def __call__(self, **inputs):
+        time.sleep(self.seconds)
+        self.forwards += 1
+        return self.model(**inputs)
 
 
 class FixedAnswerLM(GroundLM):
-    """Answers every prompt with `answer` (default: one box with a phrase), without running the model."""
+    """Answers every prompt with `answer` (default: one box with a phrase) and the stop token, through the real
+    decoding loop; `stop=False` never writes the stop token (the answer repeats until `max_new_tokens`)."""
 
-    def __init__(self, lm: GroundLM, answer: str = FIXED_ANSWER):
-        super().__init__(lm.model, lm.processor)
+    def __init__(self, lm: GroundLM, answer: str = FIXED_ANSWER, *, stop: bool = True):
+        tokenizer = lm.processor.tokenizer
+        script = tokenizer(answer, add_special_tokens=False)["input_ids"]
+        if stop:
+            script.append(lm.processor.stop_token_id)
+        super().__init__(ScriptedModel(lm.model, script), lm.processor)
         self.answer = answer
         self.batch_sizes: list[int] = []
         self.seen: list = []  # every Encoded prompt generated for, in order
 
-    def generate(self, batch, max_new_tokens, *, temperature=0.0, top_p=1.0):
-        """The fixed answer for each prompt of the batch (greedy or sampled: the stub ignores decoding)."""
+    def generate(self, batch, max_new_tokens, **decoding):
+        """Record the batch, then decode it (the scripted model ignores the prompt)."""
         self.batch_sizes.append(len(batch))
         self.seen += batch
-        return [self.answer] * len(batch)
+        return super().generate(batch, max_new_tokens, **decoding)
 
     def last_prompt_tokens(self) -> list[str]:
         """The tokens of the last prompt generated for."""
@@ -71,7 +120,7 @@ def data_url(raw: bytes | None = None, media_type: str = "image/png") -> str:
 def chat_body(text: str = "[refer] the red circle", url: str | None = None, **extra) -> dict:
     """A chat-completions request body with one image and one text part."""
     content = [{"type": "image_url", "image_url": {"url": url or data_url()}}, {"type": "text", "text": text}]
-    return {"messages": [{"role": "user", "content": content}], "max_tokens": 6, **extra}
+    return {"messages": [{"role": "user", "content": content}], "max_tokens": 12, **extra}
 
 
 def free_port() -> int:

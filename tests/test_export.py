@@ -7,11 +7,10 @@ from typer.testing import CliRunner
 
 from groundlm.cli import app
 from groundlm.export import export_llava, to_llava
-from groundlm.presets import ModelSpec as Preset
-from groundlm.presets import build_model
+from groundlm.presets import ModelSpec, build_model
 from groundlm.processor import IGNORE_INDEX
 
-LLAVA_LIKE = Preset(connector="mlp2x_gelu", template="llava_v1", frame="pad")
+LLAVA_LIKE = ModelSpec(connector="mlp2x_gelu", template="llava_v1", frame="pad")
 
 
 @pytest.fixture(scope="module")

@@ -36,7 +36,7 @@ def test_ask_returns_an_answer_with_objects_in_pixels(lm):
 def test_parse_maps_generated_boxes_to_original_pixels(lm):
     # bypass generation: the answer path that maps a generated box back to pixels
     frame = lm.processor.image(_img(size=(200, 100)))[1]
-    answer = lm._to_answer("<p>red circle</p> { <10> <20> <30> <40> }", frame)
+    answer = lm.answer_for("<p>red circle</p> { <10> <20> <30> <40> }", frame)
     assert answer.objects[0].phrase == "red circle"
     assert answer.objects[0].box == pytest.approx((20, 20, 60, 40))
     assert answer.plain_text == "red circle"

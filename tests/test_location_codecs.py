@@ -10,10 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from groundlm.data.shapes import scene_at, scene_records
-from groundlm.location import TextLocationCodec
-from groundlm.location_codecs import make_codec
-from groundlm.location_embedding import EmbeddingLocationCodec
-from groundlm.location_tokens import TokenLocationCodec
+from groundlm.location import EmbeddingLocationCodec, TextLocationCodec, TokenLocationCodec, make_codec
 from groundlm.presets import build_model, get_preset
 from groundlm.processor import IGNORE_INDEX, ProcessorConfig
 
@@ -159,26 +156,29 @@ def test_tokens_codec_model_trains_and_round_trips_through_the_tokenizer():
 def test_embedding_processor_emits_boxes_in_sequence_order_and_masks_slots():
     model, processor = build_model(dataclasses.replace(get_preset("tiny"), location_codec="embedding"))
     head = model.config.location_head
-    assert (head["trigger_token_id"], head["slot_token_id"]) == (processor.trigger_token_id, processor.slot_token_id)
+    ids = processor.codec.head_settings(processor.tokenizer)
+    trigger_id, slot_id = ids["trigger_token_id"], ids["slot_token_id"]
+    assert (head["trigger_token_id"], head["slot_token_id"]) == (trigger_id, slot_id)
     encoded = _encoded(processor)
     for _record, enc in encoded:
-        slots = [i for i, t in enumerate(enc.input_ids) if t == processor.slot_token_id]
-        triggers = [i for i, t in enumerate(enc.input_ids) if t == processor.trigger_token_id]
-        assert len(slots) == len(enc.slot_boxes) and len(triggers) == len(enc.trigger_boxes)
+        slots = [i for i, t in enumerate(enc.input_ids) if t == slot_id]
+        triggers = [i for i, t in enumerate(enc.input_ids) if t == trigger_id]
+        assert len(slots) == len(enc.locations["slot_boxes"]) and len(triggers) == len(enc.locations["trigger_boxes"])
         assert all(enc.labels[i] == IGNORE_INDEX for i in slots)  # the slot is never a target
-        assert all(enc.labels[i] == processor.trigger_token_id for i in triggers)  # the trigger is
-        assert all(enc.input_ids[i + 1] == processor.slot_token_id for i in triggers)
+        assert all(enc.labels[i] == trigger_id for i in triggers)  # the trigger is
+        assert all(enc.input_ids[i + 1] == slot_id for i in triggers)
     identify = encoded[1][1]
-    assert identify.trigger_boxes == [] and len(identify.slot_boxes) == 1  # a user-side slot only
+    assert identify.locations["trigger_boxes"] == [] and len(identify.locations["slot_boxes"]) == 1  # a user-side slot only
     batch = processor.pad([e for _, e in encoded], side="right")
-    assert batch["slot_boxes"].shape == (sum(len(e.slot_boxes) for _, e in encoded), 4)
-    assert batch["trigger_boxes"].shape == (sum(len(e.trigger_boxes) for _, e in encoded), 4)
+    assert batch["location_inputs"]["slot_boxes"].shape == (sum(len(e.locations["slot_boxes"]) for _, e in encoded), 4)
+    assert batch["location_inputs"]["trigger_boxes"].shape == (sum(len(e.locations["trigger_boxes"]) for _, e in encoded), 4)
     out = model(**batch)
     assert set(out.location_losses) == {"box_l1", "box_giou", "cycle_emb", "cycle_box"}
-    assert out.location_boxes.shape == batch["trigger_boxes"].shape
+    assert out.location_boxes.shape == batch["location_inputs"]["trigger_boxes"].shape
     assert torch.allclose(out.location_sample_losses.sum(), out.location_loss)
     with pytest.raises(ValueError, match="slot tokens"):
-        model(**{**batch, "slot_boxes": batch["slot_boxes"][:-1]})
+        located = batch["location_inputs"]
+        model(**{**batch, "location_inputs": {**located, "slot_boxes": located["slot_boxes"][:-1]}})
     # The default text codec adds no parameters and no tensors.
     text_model, text_processor = build_model("tiny")
     assert text_model.location_heads is None
@@ -188,6 +188,35 @@ def test_embedding_processor_emits_boxes_in_sequence_order_and_masks_slots():
 
 
 def test_sincos_coordinate_init_is_refused_for_codecs_without_coordinate_tokens():
-    for codec in ("tokens", "embedding"):
-        with pytest.raises(ValueError, match="for the text codec"):
-            build_model(dataclasses.replace(get_preset("tiny"), location_codec=codec, coordinate_init="sincos"))
+    with pytest.raises(ValueError, match="needs coordinate tokens; the 'embedding' codec has none"):
+        build_model(dataclasses.replace(get_preset("tiny"), location_codec="embedding", coordinate_init="sincos"))
+
+
+def test_sincos_coordinate_init_lays_the_code_on_the_tokens_codecs_location_tokens():
+    from groundlm.modeling.positions import coordinate_code
+
+    model, processor = build_model(
+        dataclasses.replace(get_preset("tiny"), location_codec="tokens", coordinate_init="sincos")
+    )
+    ids = processor.tokenizer.convert_tokens_to_ids(processor.codec.coordinate_tokens())  # <loc_0>..<loc_99>
+    for table in (model.get_input_embeddings().weight, model.get_output_embeddings().weight):
+        rows = table[ids].detach()  # [bins, D]
+        code = coordinate_code(len(ids) - 1, rows.shape[1])  # [bins, D]
+        scale = float((rows * code).sum() / (code * code).sum())
+        assert scale > 0
+        torch.testing.assert_close(rows, code * scale, rtol=1e-5, atol=1e-6)
+
+
+def test_no_module_outside_the_location_package_asks_which_codec_it_has():
+    import re
+    from pathlib import Path
+
+    import groundlm
+
+    root = Path(groundlm.__file__).parent
+    asks = re.compile(r"isinstance\([^)]*Codec|embeds_locations")
+    offenders = [
+        str(path.relative_to(root)) for path in root.rglob("*.py")
+        if path.relative_to(root).parts[0] != "location" and asks.search(path.read_text())
+    ]
+    assert offenders == []

@@ -108,9 +108,9 @@ def test_segmentation_records_give_mask_targets_and_a_mask_loss():
                            masks=[o.mask for o in record.objects])
     enc.pixel_values = pixels
     target = record.objects[record.meta["target"]]
-    assert np.array_equal(enc.trigger_masks[0], mask_to_frame(decode_mask(target.mask, 64, 64), frame, 64))
+    assert np.array_equal(enc.locations["trigger_masks"][0], mask_to_frame(decode_mask(target.mask, 64, 64), frame, 64))
     batch = processor.pad([enc], side="right")
-    assert batch["trigger_masks"].shape == (1, 64, 64)
+    assert batch["location_inputs"]["trigger_masks"].shape == (1, 64, 64)
     out = model(**batch)
     assert {"mask_dice", "mask_bce"} <= set(out.location_losses)
     out.loss.backward()

@@ -15,8 +15,7 @@ import torch
 
 from groundlm.data.shapes import ShapesConfig, scene_at, scene_records
 from groundlm.geometry import box_iou
-from groundlm.presets import ModelSpec as Preset
-from groundlm.presets import build_model, get_preset
+from groundlm.presets import ModelSpec, build_model, get_preset
 from groundlm.train.objectives import LMObjective
 from groundlm.train.recipe import StageSpec
 
@@ -44,7 +43,7 @@ def _rec_accuracy(model, processor, samples) -> float:
         for start in range(0, len(samples), 50):
             batch = processor.pad(samples[start : start + 50], side="right")
             out = model(**{k: v for k, v in batch.items() if k != "labels"})
-            for pred, target in zip(out.location_boxes.tolist(), batch["trigger_boxes"].tolist(), strict=True):
+            for pred, target in zip(out.location_boxes.tolist(), batch["location_inputs"]["trigger_boxes"].tolist(), strict=True):
                 x1, x2 = sorted(pred[0::2])
                 y1, y2 = sorted(pred[1::2])
                 hits += box_iou((x1, y1, x2, y2), target) >= 0.5
@@ -55,7 +54,7 @@ def _rec_accuracy(model, processor, samples) -> float:
 # Without the 2-D position codes on the visual tokens (modeling/positions.py) the tiny model needs far more
 # steps than a unit test can spend (without them, REC is still 0.12, chance, after 400 steps).
 @pytest.mark.skipif(
-    "image_position_embedding" not in {f.name for f in dataclasses.fields(Preset)},
+    "image_position_embedding" not in {f.name for f in dataclasses.fields(ModelSpec)},
     reason="needs the sincos2d image position embedding of the presets",
 )
 def test_embedding_codec_learns_to_point():
@@ -68,8 +67,8 @@ def test_embedding_codec_learns_to_point():
     model, processor = build_model(preset, seed=0)
     objective = LMObjective(StageSpec(name="refer", data=[]), model, processor, seed=0)
     train, val = _samples(processor, "train", 400), _samples(processor, "val", 100)
-    mean_box = torch.tensor([e.trigger_boxes[0] for e in train]).mean(0).tolist()
-    chance = sum(box_iou(mean_box, e.trigger_boxes[0]) >= 0.5 for e in val) / len(val)
+    mean_box = torch.tensor([e.locations["trigger_boxes"][0] for e in train]).mean(0).tolist()
+    chance = sum(box_iou(mean_box, e.locations["trigger_boxes"][0]) >= 0.5 for e in val) / len(val)
     before = _rec_accuracy(model, processor, val)
 
     torch.manual_seed(0)

@@ -12,8 +12,7 @@ import copy
 import pytest
 import torch
 
-from groundlm.presets import ModelSpec as Preset
-from groundlm.presets import build_model
+from groundlm.presets import ModelSpec, build_model
 from groundlm.train import TrainHooks, train
 from groundlm.train.monitor import read_metrics
 from groundlm.train.objectives import lm_token_losses
@@ -30,7 +29,7 @@ from .train_helpers import one_thread, tiny_recipe  # noqa: F401 (fixture)
 def setup():
     """The tiny model (no token merge, so image tokens are many) and 8 samples of every ShapesWorld task."""
     torch.set_num_threads(1)
-    model, processor = build_model(Preset(connector="mlp2x_gelu"), seed=0)
+    model, processor = build_model(ModelSpec(connector="mlp2x_gelu"), seed=0)
     source = ShapesSource(ShapesSpec(scenes=50), processor)
     samples = [source[i] for i in range(8)]
     lengths = [len(s.input_ids) for s in samples]

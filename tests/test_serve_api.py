@@ -7,6 +7,7 @@ box, a stub with a fixed answer (tests/serve_helpers.py) stands in for generatio
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 
 import httpx
@@ -17,10 +18,13 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 import groundlm
+from groundlm.inference import GroundLM
 from groundlm.serve import Limits, create_app
 from tests.serve_helpers import (
     FIXED_ANSWER,
     FixedAnswerLM,
+    PacedModel,
+    ServerThread,
     SlowLM,
     chat_body,
     data_url,
@@ -104,7 +108,7 @@ def test_happy_path_with_an_image(client, lm):
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
     # the server decodes exactly as GroundLM.ask does
     image = Image.new("RGB", (80, 60), (200, 30, 30))
-    assert choice["message"]["content"] == lm.ask(image, "[refer] the red circle", max_new_tokens=6).text
+    assert choice["message"]["content"] == lm.ask(image, "[refer] the red circle", max_new_tokens=12).text
 
 
 def test_objects_come_back_in_pixels_and_normalised(stub_client):
@@ -126,7 +130,7 @@ def test_boxes_enter_the_prompt_as_location_text(stub_client, stub):
     assert tokens[-7:-1] == ["{", "<12>", "<33>", "<62>", "<66>", "}"]
 
 
-def test_multi_turn_and_system_messages(stub_client):
+def test_multi_turn_and_system_messages_reach_the_prompt(stub_client, stub):
     body = chat_body()
     body["messages"] = [
         {"role": "developer", "content": "answer briefly"},
@@ -136,6 +140,17 @@ def test_multi_turn_and_system_messages(stub_client):
     ]
     body["boxes"] = [[1, 2, 30, 40]]
     assert stub_client.post("/v1/chat/completions", json=body).status_code == 200
+    # the model saw the whole conversation, the developer message as the system turn, the box in its format
+    expected = stub.processor.prompt(Image.open(io.BytesIO(png_bytes())), [
+        {"role": "system", "content": "answer briefly"},
+        {"role": "user", "content": "[refer] the red circle"},
+        {"role": "assistant", "content": FIXED_ANSWER},
+        {"role": "user", "content": "[identify] what is <box:0>"},
+    ], [[1, 2, 30, 40]])
+    assert stub.seen[-1].input_ids == expected.input_ids
+    prompt = stub.processor.tokenizer.decode(stub.seen[-1].input_ids)
+    assert prompt.index("answer briefly") < prompt.index("red circle") < prompt.index("identify")
+    assert "{ <1> <3> <37> <66> }" in prompt  # [1, 2, 30, 40] of an 80 x 60 image, in bins
 
 
 def test_sampling_with_temperature(client):
@@ -149,7 +164,7 @@ def test_sampling_with_temperature(client):
 def test_stop_strings_cut_the_answer(stub_client):
     r = stub_client.post("/v1/chat/completions", json=chat_body(stop=["</p>"]))
     choice = r.json()["choices"][0]
-    assert choice["message"]["content"] == "<p>red circle" and choice["finish_reason"] == "stop"
+    assert choice["message"]["content"] == "<p> red circle " and choice["finish_reason"] == "stop"
 
 
 def test_streaming_sends_openai_chunks(stub_client):
@@ -165,6 +180,24 @@ def test_streaming_sends_openai_chunks(stub_client):
     assert last["choices"][0]["finish_reason"] == "stop"
     assert last["groundlm"]["objects"][0]["phrase"] == "red circle"
     assert events[-1]["choices"] == [] and events[-1]["usage"]["total_tokens"] > 0
+
+
+def test_streaming_sends_pieces_while_the_real_model_is_still_decoding(lm):
+    paced = PacedModel(lm.model, seconds=0.1)
+    received: list[tuple[str, int]] = []  # (piece, forward passes run when the client had it)
+    with ServerThread(create_app(GroundLM(paced, lm.processor), ui=False)) as server:
+        body = chat_body(stream=True, max_tokens=12)
+        with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, timeout=60) as r:
+            for line in r.iter_lines():
+                if line.startswith("data: {"):
+                    event = json.loads(line[len("data: "):])
+                    piece = event["choices"][0]["delta"].get("content") if event["choices"] else None
+                    if piece:
+                        received.append((piece, paced.forwards))
+    assert len(received) >= 2
+    assert received[0][1] < paced.forwards  # the first piece arrived while later tokens were still to come
+    image = Image.new("RGB", (80, 60), (200, 30, 30))
+    assert "".join(p for p, _ in received) == lm.ask(image, "[refer] the red circle", max_new_tokens=12).text
 
 
 def test_models_and_health(client):
@@ -288,7 +321,7 @@ def test_nan_and_infinity_are_refused(small_client):
     raw = json.dumps(chat_body("<box:0>", boxes=[[1, 2, 3, 4]]))
     raw = raw.replace("[1, 2, 3, 4]", "[1, NaN, 3, Infinity]")
     _error(small_client.post("/v1/chat/completions", content=raw, headers=json_header), 400)
-    raw = json.dumps(chat_body()).replace('"max_tokens": 6', '"max_tokens": 6, "temperature": NaN')
+    raw = json.dumps(chat_body()).replace('"max_tokens": 12', '"max_tokens": 12, "temperature": NaN')
     _error(small_client.post("/v1/chat/completions", content=raw, headers=json_header), 400)
 
 
@@ -373,10 +406,9 @@ def test_a_generation_fault_is_a_500_in_the_error_shape_and_the_server_goes_on(l
 def test_array_masks_are_sent_as_coco_rle():
     from groundlm.location import GroundedObject
     from groundlm.masks import decode_mask
-    from groundlm.serve.engine import object_dict
 
     mask = np.zeros((6, 8), dtype=bool)
     mask[1:4, 2:5] = True
-    out = object_dict(GroundedObject("a", (0.1, 0.2, 0.6, 0.7), (1.0, 1.0, 5.0, 4.0), torch.from_numpy(mask)))
+    out = GroundedObject("a", (0.1, 0.2, 0.6, 0.7), (1.0, 1.0, 5.0, 4.0), torch.from_numpy(mask)).to_dict()
     assert out["mask"]["size"] == [6, 8] and (decode_mask(out["mask"], 6, 8) == mask).all()
     assert json.loads(json.dumps(out)) == out

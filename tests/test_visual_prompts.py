@@ -54,7 +54,7 @@ def test_a_click_enters_the_user_turn_in_every_codec(codec):
         assert obj.box_norm[0] < 0.5 < obj.box_norm[2] and obj.box_norm[1] < 0.25 < obj.box_norm[3]
     else:
         assert "<boxes>" in text and "<at>" not in text
-        (box,) = enc.slot_boxes
+        (box,) = enc.locations["slot_boxes"]
         assert math.isclose((box[0] + box[2]) / 2, 0.5) and math.isclose((box[1] + box[3]) / 2, 0.25)
     lm = GroundLM(model, processor)
     by_box = lm.ask(image, "[identify] what is <box:0>", boxes=[[5, 5, 30, 30]], max_new_tokens=3)
@@ -102,4 +102,5 @@ def test_an_embedding_answer_sent_back_as_text_drops_its_boxless_locations():
         {"role": "user", "content": "[identify] what is <box:0>"},
     ]
     enc = processor.prompt(scene_at("val", 0).image, history, [[1, 1, 9, 9]])
-    assert enc.input_ids.count(processor.trigger_token_id) == 0 and len(enc.slot_boxes) == 1
+    trigger_id = processor.codec.head_settings(processor.tokenizer)["trigger_token_id"]
+    assert enc.input_ids.count(trigger_id) == 0 and len(enc.locations["slot_boxes"]) == 1

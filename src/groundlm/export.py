@@ -36,8 +36,8 @@ def llava_config(model: GroundLMForConditionalGeneration) -> LlavaConfig:
         raise ValueError(f"only the mlp2x_gelu connector exports to LLaVA, this model uses {c.connector!r}")
     if c.vision_config.model_type not in ("clip_vision_model", "siglip_vision_model"):
         raise ValueError(f"LLaVA needs a CLIP or SigLIP tower, this model has {c.vision_config.model_type!r}")
-    if c.location_codec != "text":
-        raise ValueError(f"LLaVA has no location heads; this model's codec is {c.location_codec!r}")
+    if c.location_head is not None:
+        raise ValueError(f"LLaVA has no location heads; this model's codec ({c.location_codec!r}) needs them")
     return LlavaConfig(
         vision_config=c.vision_config.to_dict(),
         text_config=c.text_config.to_dict(),

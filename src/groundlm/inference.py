@@ -6,18 +6,21 @@
 
 Boxes the user points at go in as `<box:i>` slots in the prompt plus `boxes=[[x1, y1, x2, y2], ...]` in pixels:
 `model.ask(img, "[identify] what is <box:0>", boxes=[[10, 20, 110, 90]])`.
+
+Every answer is decoded by `GroundLM.generate` (the loop is `decoding.py`) and assembled by
+`GroundLM.answer_for`, whoever asks: `ask`, `ask_many`, `Chat.send` and the server.
 """
 
 from __future__ import annotations
 
 import os
-import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from .decoding import GREEDY, Sampling, generate
 from .geometry import Frame
 from .images import ImageInput
 from .location import GroundedObject
@@ -38,6 +41,16 @@ class Answer:
     def to_dict(self) -> dict:
         """JSON-ready form."""
         return {"text": self.text, "plain_text": self.plain_text, "objects": [o.to_dict() for o in self.objects]}
+
+
+@dataclass
+class Generation:
+    """A decoded answer with what a server reports: tokens generated (stop token included) and why it ended
+    ("stop": a stop token or stop string; "length": `max_new_tokens` reached)."""
+
+    answer: Answer
+    completion_tokens: int
+    finish_reason: str
 
 
 def _resolve(path: str | os.PathLike, local_files_only: bool | None) -> Path:
@@ -112,99 +125,139 @@ class GroundLM:
         ]
         answers: list[Answer] = []
         for start in range(0, len(encoded), batch_size):
-            answers += self._answer(encoded[start : start + batch_size], max_new_tokens)
+            answers += [g.answer for g in self.generate(encoded[start : start + batch_size], max_new_tokens)]
         return answers
 
     def chat(self, image: ImageInput | None = None, *, system: str | None = None) -> Chat:
         """Start a multi-turn conversation about `image`."""
         return Chat(self, image, system)
 
-    @torch.inference_mode()
-    def _answer(self, batch: list[Encoded], max_new_tokens: int) -> list[Answer]:
-        if self.processor.embeds_locations:
-            from .generation import decode_masks
-
-            generated, inputs = self._generate_located(batch, max_new_tokens)
-            masks = decode_masks(self.model, inputs.get("pixel_values"), generated, [e.frame for e in batch])
-            answers = []
-            for ids, boxes, row_masks, e in zip(generated.ids, generated.boxes, masks, batch, strict=True):
-                answer = self._to_answer(self.processor.decode(ids), e.frame, boxes)
-                for obj, mask in zip(answer.objects, row_masks, strict=False):
-                    obj.mask = mask  # COCO RLE in original pixels (the i-th mask is the i-th trigger's)
-                answers.append(answer)
-            return answers
-        texts = self.generate(batch, max_new_tokens)
-        return [self._to_answer(t, e.frame) for t, e in zip(texts, batch, strict=True)]
-
-    def _to_answer(self, text: str, frame: Frame | None, boxes: list | None = None) -> Answer:
-        return Answer(text, self.processor.parse(text, frame, boxes), self.processor.codec.strip(text))
-
-    @torch.inference_mode()
-    def generate_located(
-        self, batch: list[Encoded], max_new_tokens: int, *, temperature: float = 0.0, top_p: float = 1.0
-    ) -> list[tuple[str, list]]:
-        """Embedding codec: decode prompts with trigger feedback (generation.py); (answer, decoded boxes) each.
-
-        The boxes are [0, 1] of the frame, one per trigger of the answer, in order.
-        """
-        generated, _ = self._generate_located(batch, max_new_tokens, temperature=temperature, top_p=top_p)
-        return [(self.processor.decode(ids), boxes) for ids, boxes in zip(generated.ids, generated.boxes, strict=True)]
-
-    def _generate_located(self, batch: list[Encoded], max_new_tokens: int, *, temperature: float = 0.0,
-                          top_p: float = 1.0):
-        from .generation import generate_with_locations
-
-        padded = self.processor.pad(batch, side="left")
-        inputs = {k: v.to(self.device) for k, v in padded.items() if k not in ("labels", "trigger_boxes")}
-        if "pixel_values" in inputs:
-            inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
-        tok = self.processor.tokenizer
-        stop_id = self.processor.stop_token_id
-        stops = {stop_id if stop_id is not None else tok.eos_token_id}
-        out = generate_with_locations(
-            self.model, inputs, max_new_tokens=max_new_tokens, stop_token_ids=stops,
-            pad_token_id=tok.pad_token_id, temperature=temperature, top_p=top_p,
-        )
-        return out, inputs
-
-    @torch.inference_mode()
     def generate(
-        self, batch: list[Encoded], max_new_tokens: int, *, temperature: float = 0.0, top_p: float = 1.0
-    ) -> list[str]:
-        """Decode already-encoded prompts; returns the answer of each.
+        self, batch: list[Encoded], max_new_tokens: int, *, sampling: Sampling = GREEDY,
+        stop: Sequence[str] = (), on_text: Callable[[int, str], None] | None = None,
+    ) -> list[Generation]:
+        """Decode already-encoded prompts (one batch, left-padded) into answers with their masks.
 
-        Greedy when `temperature` is 0 (the default, and what evaluation uses); otherwise sampling with
-        `temperature` and nucleus `top_p`. With the embedding codec the texts come from `generate_located`
-        (its boxes are then only in `ask`'s answers).
+        `stop` strings end a row's answer where they first appear (cut before them, as OpenAI does), besides the
+        template's stop. `on_text(row, piece)` receives each row's answer text as it grows (for streaming);
+        the pieces of a row join to its final `answer.text`.
         """
-        if self.processor.embeds_locations:
-            located = self.generate_located(batch, max_new_tokens, temperature=temperature, top_p=top_p)
-            return [text for text, _ in located]
-        inputs = {k: v.to(self.device) for k, v in self.processor.pad(batch, side="left").items() if k != "labels"}
+        processor = self.processor
+        inputs = {k: v.to(self.device) for k, v in processor.pad(batch, side="left").items() if k != "labels"}
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
-        tok = self.processor.tokenizer
-        stop_id = self.processor.stop_token_id
-        extra = {"eos_token_id": stop_id} if stop_id is not None else {
-            "stop_strings": [self.processor.template.stop], "tokenizer": tok
-        }
-        if temperature > 0:
-            extra.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
-        else:
-            extra["do_sample"] = False
-        out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id, **extra)
-        new = out[:, inputs["input_ids"].shape[1] :]  # [B, T_new]; left padding aligns every prompt's end
-        return [self.processor.decode(row.tolist()) for row in new]
+        tok = processor.tokenizer
+        stop_id = processor.stop_token_id
+        # A template stop of several tokens ends a row as a string, like `model.generate(stop_strings=...)`.
+        stop_strings = [*stop, *([] if stop_id is not None else [processor.template.stop])]
+        rows = len(batch)
+        hook = processor.codec.decode_hook(self.model, rows)
+        stream = _TextStream(processor, stop, stop_strings, on_text) if on_text is not None else None
+        ids: list[list[int]] = [[] for _ in range(rows)]
+        done = [False] * rows
+        steps = generate(
+            self.model, inputs, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id,
+            stop_token_ids={stop_id if stop_id is not None else tok.eos_token_id}, sampling=sampling, hook=hook,
+            stop_text=_stop_text(tok, stop_strings) if stop_strings else None,
+        )
+        for step in steps:
+            done = step.done
+            for row, token in enumerate(step.tokens):
+                if token is not None:
+                    ids[row].append(token)
+                    if stream is not None:
+                        stream.update(row, ids[row])
+        frames = [e.frame for e in batch]
+        masks = hook.masks(inputs.get("pixel_values"), frames) if hook is not None else [[] for _ in batch]
+        out = []
+        for row, e in enumerate(batch):
+            text = _cut(processor.decode(ids[row]), stop)
+            decoded = hook.decoded(row) if hook is not None else ()
+            answer = self.answer_for(text, e.frame, decoded, masks[row])
+            if stream is not None:
+                stream.finish(row, answer.text)
+            out.append(Generation(answer, len(ids[row]), "stop" if done[row] else "length"))
+        return out
+
+    def answer_for(
+        self, text: str, frame: Frame | None, decoded: Sequence[Sequence[float]] = (), masks: Sequence = ()
+    ) -> Answer:
+        """The `Answer` of a generated text: its objects (boxes in pixels; `decoded` are a decode hook's
+        boxes) with the i-th mask on the i-th object, and the plain text."""
+        objects = self.processor.parse(text, frame, decoded)
+        for obj, mask in zip(objects, masks, strict=False):
+            obj.mask = mask  # COCO RLE in original pixels
+        return Answer(text, objects, self.processor.codec.strip(text))
+
+
+def _cut(text: str, stops: Sequence[str]) -> str:
+    """`text` up to the first of `stops` (excluded), or all of it when none occurs."""
+    cuts = [i for i in (text.find(s) for s in stops if s) if i >= 0]
+    return text[: min(cuts)] if cuts else text
+
+
+def _stop_text(tokenizer, stops: Sequence[str]) -> Callable[[int, list[int]], bool]:
+    """Whether a row's newest tokens complete a stop string. Only the tail is decoded (a stop of L characters
+    ends within the last L + 1 tokens), so the check stays linear in the answer's length."""
+    tail = max(len(s) for s in stops) + 1
+
+    def stopped(row: int, ids: list[int]) -> bool:
+        text = tokenizer.decode(ids[-tail:], skip_special_tokens=False)
+        return any(s and s in text for s in stops)
+
+    return stopped
+
+
+class _TextStream:
+    """Turns each row's growing token ids into text pieces for `on_text`, never sending what a later token
+    could take back: a suffix that may start a stop string waits, and a piece is sent only while the text
+    still extends what was sent."""
+
+    def __init__(self, processor: GroundLMProcessor, stop: Sequence[str], stop_strings: Sequence[str],
+                 on_text: Callable[[int, str], None]):
+        self.processor = processor
+        self.stop = stop
+        self.held = [s for s in {*stop_strings, processor.template.stop.strip()} if s]
+        self.on_text = on_text
+        self.sent: dict[int, str] = {}
+
+    def update(self, row: int, ids: list[int]) -> None:
+        text = _cut(self.processor.decode(ids), self.stop)
+        keep = max((k for s in self.held for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
+        self._send(row, text[: len(text) - keep])
+
+    def finish(self, row: int, text: str) -> None:
+        self._send(row, text)
+
+    def _send(self, row: int, text: str) -> None:
+        sent = self.sent.get(row, "")
+        if len(text) > len(sent) and text.startswith(sent):
+            self.sent[row] = text
+            self.on_text(row, text[len(sent) :])
 
 
 class Chat:
-    """A multi-turn conversation about one image. Each `send` sees the whole history."""
+    """A multi-turn conversation about one image. Each `send` sees the whole history.
+
+    The history keeps every turn as content with `<box:k>` slots into `boxes` (pixels), and each `send`
+    renders it all through the processor, so every codec sees its own format; the codec's `history` turns an
+    answer back into such content (the embedding codec's decoded boxes go back in through the box encoder).
+    """
 
     def __init__(self, lm: GroundLM, image: ImageInput | None, system: str | None):
         self.lm = lm
         self.pixel_values, self.frame = lm.processor.image(image) if image is not None else (None, None)
-        self.messages: list[dict] = [{"role": "system", "content": system}] if system else []
-        self.boxes: list = []  # embedding codec: every box of the history (pixels), which its slots point at
+        self.turns: list[dict] = [{"role": "system", "content": system}] if system else []
+        self.boxes: list = []  # every box of the history (pixels), which its slots point at
+
+    @property
+    def messages(self) -> list[dict]:
+        """The conversation so far with its locations written in the model's format."""
+        render = self.lm.processor.render_locations
+        return [
+            {"role": t["role"], "content": render(t["content"], self.boxes, self.frame, output=t["role"] == "assistant")}
+            for t in self.turns
+        ]
 
     def send(
         self, text: str, *, boxes: Sequence[Sequence[float]] = (), points: Sequence[Sequence[float]] = (),
@@ -213,44 +266,17 @@ class Chat:
         """Add a user turn (its `<box:i>` slots point at `boxes`, `<point:j>` at `points`, in pixels) and
         return the model's answer."""
         text, boxes = with_points(text, boxes, points, self.frame)
-        if self.lm.processor.embeds_locations:
-            return self._send_slots(text, boxes, max_new_tokens)
-        content = self.lm.processor.render_locations(text, boxes, self.frame)
-        messages = [*self.messages, {"role": "user", "content": content}]
-        enc = self.lm.processor.encode(
-            messages, frame=self.frame, image=self.pixel_values is not None, add_generation_prompt=True
-        )
-        enc.pixel_values = self.pixel_values
-        answer = self.lm._answer([enc], max_new_tokens)[0]
-        self.messages = [*messages, {"role": "assistant", "content": answer.text}]
-        return answer
-
-    def _send_slots(self, text: str, boxes: list, max_new_tokens: int) -> Answer:
-        """Embedding codec: the history keeps `<box:k>` slots (its boxes have no text), numbered into
-        `self.boxes`; the model's own boxes from earlier answers go back in through the box encoder."""
         offset = len(self.boxes)
         content = BOX_SLOT.sub(lambda m: f"<box:{int(m.group(1)) + offset}>", text)
-        self.boxes += [list(b) for b in boxes]
-        messages = [*self.messages, {"role": "user", "content": content}]
+        all_boxes = [*self.boxes, *(list(b) for b in boxes)]
+        turns = [*self.turns, {"role": "user", "content": content}]
         enc = self.lm.processor.encode(
-            messages, boxes=self.boxes, frame=self.frame, image=self.pixel_values is not None,
+            turns, boxes=all_boxes, frame=self.frame, image=self.pixel_values is not None,
             add_generation_prompt=True,
         )
         enc.pixel_values = self.pixel_values
-        answer = self.lm._answer([enc], max_new_tokens)[0]
-        found = iter(answer.objects)
-
-        def slot(m: re.Match[str]) -> str:
-            obj = next(found, None)
-            if obj is None or obj.box is None:
-                return ""  # a trigger without a decoded box leaves no location in the history
-            self.boxes.append(list(obj.box))
-            return f"<box:{len(self.boxes) - 1}>"
-
-        history = _TRIGGER_SLOT.sub(slot, answer.text)
-        self.messages = [*messages, {"role": "assistant", "content": history}]
+        answer = self.lm.generate([enc], max_new_tokens)[0].answer
+        history, answer_boxes = self.lm.processor.codec.history(answer.text, answer.objects, len(all_boxes))
+        self.boxes = [*all_boxes, *answer_boxes]
+        self.turns = [*turns, {"role": "assistant", "content": history}]
         return answer
-
-
-# The embedding codec's output location in decoded text (`<at> <boxes>`, the slot optional).
-_TRIGGER_SLOT = re.compile(r"<\s*at\s*>(?:\s*<\s*boxes\s*>)?")

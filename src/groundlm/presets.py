@@ -43,7 +43,7 @@ class ModelSpec:
     frame: str = "resize"  # how an image fits the square input (geometry.py FRAMES)
     vision_feature_layer: int = -2  # which tower layer the connector reads (-1: the last)
     image_position_embedding: str = "none"  # a fixed code on the visual tokens (modeling/positions.py)
-    location_codec: str = "text"  # how locations are written (location_codecs.py CODEC_NAMES)
+    location_codec: str = "text"  # how locations are written (location/__init__.py CODEC_NAMES)
     location_bins: int = 100  # coordinate bins of the text and tokens codecs
     # embedding codec: LocationHeadConfig overrides (l1_weight, giou_weight, cycle_weight, mask_decoder, ...)
     location_head: dict[str, Any] | None = None

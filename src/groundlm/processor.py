@@ -3,9 +3,10 @@
 It joins the three pieces that decide what the model sees:
 - the chat template (`templates.py`) gives the conversation as segments, each marked as target or not, so the
   label mask follows the structure of the conversation (answer + end token only);
-- the location codec (`location_codecs.make_codec`: text, `<loc_k>` tokens or NExT-Chat's embeddings) writes
+- the location codec (`location.make_codec`: text, `<loc_k>` tokens or NExT-Chat's embeddings) writes
   every `<box:i>` slot in the model's own location format, with boxes normalised to the model's input frame
-  (`geometry.Frame`); the embedding codec's boxes travel beside the ids as `slot_boxes` / `trigger_boxes`;
+  (`geometry.Frame`); what a codec needs beside the ids travels in `Encoded.locations` and, batched by the
+  codec's `collate`, as the model's `location_inputs`;
 - the image transform (`images.py`) makes the square pixel tensor, and the single `<image>` placeholder is
   expanded here to exactly `num_image_tokens` copies (the transformers convention), so the model only scatters.
 """
@@ -13,20 +14,16 @@ It joins the three pieces that decide what the model sees:
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from .geometry import Frame
 from .images import CLIP_MEAN, CLIP_STD, ImageInput, ImageTransform, load_image
-from .location import BoxNorm, GroundedObject
-from .location_codecs import make_codec
-from .location_embedding import EmbeddingLocationCodec
+from .location import GroundedObject, make_codec
 from .records import BOX_SLOT
 from .templates import ChatTemplate, get_template
 from .visual_prompts import POINT_SLOT, with_points
@@ -45,7 +42,7 @@ class ProcessorConfig:
     num_image_tokens: int = 256
     image_token: str = "<image>"
     location_bins: int = 100
-    location_codec: str = "text"  # text | tokens | embedding (location_codecs.make_codec)
+    location_codec: str = "text"  # text | tokens | embedding (location.make_codec)
     mean: tuple[float, float, float] = CLIP_MEAN
     std: tuple[float, float, float] = CLIP_STD
     max_length: int | None = None  # None: never truncate (truncation would cut image tokens or answers)
@@ -64,11 +61,7 @@ class Encoded:
     frame: Frame | None = None
     pixel_values: torch.Tensor | None = None  # [3, S, S]
     meta: dict = field(default_factory=dict)
-    # Embedding codec only (location_embedding.py): the box of every slot token and of every trigger token,
-    # in sequence order, normalised to the frame. None for the text and tokens codecs.
-    slot_boxes: list[BoxNorm] | None = None
-    trigger_boxes: list[BoxNorm] | None = None
-    trigger_masks: list | None = None  # [S, S] bool arrays (frame), one per trigger, when the objects have masks
+    locations: dict = field(default_factory=dict)  # the codec's `encode_locations` ({} for text codecs)
 
 
 class GroundLMProcessor:
@@ -79,13 +72,7 @@ class GroundLMProcessor:
         self.config = config
         self.template: ChatTemplate = get_template(config.template)
         self.codec = make_codec(config)
-        self.embeds_locations = isinstance(self.codec, EmbeddingLocationCodec)
-        if self.embeds_locations:
-            self.slot_token_id = tokenizer.convert_tokens_to_ids(self.codec.slot)
-            self.trigger_token_id = tokenizer.convert_tokens_to_ids(self.codec.trigger)
-            for token, tid in ((self.codec.slot, self.slot_token_id), (self.codec.trigger, self.trigger_token_id)):
-                if tid is None or tid == tokenizer.unk_token_id:
-                    raise ValueError(f"the tokenizer has no token for the location token {token!r}")
+        self.codec.check_tokenizer(tokenizer)
         self.transform = ImageTransform(config.image_size, config.frame, tuple(config.mean), tuple(config.std))
         self.image_token_id = tokenizer.convert_tokens_to_ids(config.image_token)
         if self.image_token_id is None or self.image_token_id == tokenizer.unk_token_id:
@@ -104,8 +91,8 @@ class GroundLMProcessor:
     ) -> str:
         """Replace the `<box:i>` slots of `content` by the codec's text for `boxes[i]` (original pixels).
 
-        `output` says the content is an assistant turn (locations the model writes); only the embedding codec
-        writes those differently (`<at><boxes>` instead of `<boxes>`).
+        `output` says the content is an assistant turn (locations the model writes), which some codecs write
+        differently (the embedding codec: `<at><boxes>` instead of `<boxes>`).
         """
         if not BOX_SLOT.search(content):
             return content
@@ -131,9 +118,7 @@ class GroundLMProcessor:
         conversation without any supervised token rather than silently training on nothing.
         """
         rendered = []
-        slot_boxes: list[BoxNorm] = []
-        trigger_boxes: list[BoxNorm] = []
-        trigger_objects: list[int] = []
+        turns: list[tuple[str, bool]] = []
         for i, m in enumerate(messages):
             role, content = (m["role"], m["content"]) if isinstance(m, dict) else (m.role, m.content)
             if self.config.image_token in content:
@@ -144,15 +129,8 @@ class GroundLMProcessor:
             if role == "assistant" and not content.strip():
                 raise ValueError(f"messages[{i}].content: empty assistant answer; there is nothing to learn")
             output = role == "assistant"
-            if self.embeds_locations:
-                # An earlier answer sent back as text (an API client's history) has lost its boxes: the text
-                # holds only `<at> <boxes>`. Its locations are dropped rather than fed without a box.
-                content = _LITERAL_LOCATION.sub("", content)
-            if self.embeds_locations and BOX_SLOT.search(content):
-                in_order = self.codec.slot_boxes(content, [frame.normalize(b) for b in boxes] if frame else [])
-                slot_boxes += in_order
-                trigger_boxes += in_order if output else []
-                trigger_objects += [int(s.group(1)) for s in BOX_SLOT.finditer(content)] if output else []
+            content = self.codec.clean(content)
+            turns.append((content, output))
             rendered.append(
                 {"role": role, "content": self.render_locations(content, boxes, frame, output=output)}
             )
@@ -178,34 +156,22 @@ class GroundLMProcessor:
             raise ValueError(f"conversation is {len(input_ids)} tokens, above max_length {self.config.max_length}")
         if not add_generation_prompt and all(t == IGNORE_INDEX for t in labels):
             raise EmptyTargetError("the conversation has no assistant tokens to learn from")
-        if not self.embeds_locations:
-            return Encoded(input_ids, labels, frame)
-        # The slot after a trigger is never a target (NExT-Chat): its embedding comes from the box encoder, and
-        # in generation it is forced after every trigger rather than predicted.
-        labels = [IGNORE_INDEX if t == self.slot_token_id else y for t, y in zip(input_ids, labels, strict=True)]
-        for name, tid, found in (
-            ("slot", self.slot_token_id, slot_boxes), ("trigger", self.trigger_token_id, trigger_boxes)
-        ):
-            n = sum(1 for t in input_ids if t == tid)
-            if n != len(found):
-                raise ValueError(
-                    f"the conversation holds {n} {name} tokens but its <box:i> slots give {len(found)} boxes; "
-                    "location tokens may only come from <box:i> slots"
-                )
-        trigger_masks = self._trigger_masks(masks, trigger_objects, frame)
-        return Encoded(input_ids, labels, frame, slot_boxes=slot_boxes, trigger_boxes=trigger_boxes,
-                       trigger_masks=trigger_masks)
+        unsupervised = set(self.codec.never_targets(self.tokenizer))
+        if unsupervised:
+            labels = [IGNORE_INDEX if t in unsupervised else y for t, y in zip(input_ids, labels, strict=True)]
+        boxes_norm = [frame.normalize(b) for b in boxes] if frame else []
+        locations = self.codec.encode_locations(
+            turns, boxes_norm, input_ids, self.tokenizer, lambda i: self._object_mask(masks, i, frame)
+        )
+        return Encoded(input_ids, labels, frame, locations=locations)
 
-    def _trigger_masks(self, masks: Sequence | None, objects: list[int], frame: Frame | None) -> list | None:
-        """The frame masks [S, S] of the triggers' objects, or None unless every one of them has a mask."""
-        if masks is None or frame is None or not objects:
-            return None
-        if any(i >= len(masks) or masks[i] is None for i in objects):
+    def _object_mask(self, masks: Sequence | None, i: int, frame: Frame | None):
+        """The frame mask [S, S] (bool) of object `i`, or None when it has none."""
+        if masks is None or frame is None or i >= len(masks) or masks[i] is None:
             return None
         from .masks import decode_mask, mask_to_frame
 
-        size = self.config.image_size
-        return [mask_to_frame(decode_mask(masks[i], frame.height, frame.width), frame, size) for i in objects]
+        return mask_to_frame(decode_mask(masks[i], frame.height, frame.width), frame, self.config.image_size)
 
     def prompt(
         self, image: ImageInput | None, messages: Sequence, boxes: Sequence = (), points: Sequence = ()
@@ -230,8 +196,8 @@ class GroundLMProcessor:
         """Stack encoded conversations into tensors: `input_ids`, `attention_mask`, `labels`, `pixel_values`.
 
         Left padding for generation (new tokens follow every prompt directly), right padding for training.
-        Samples without an image contribute no rows to `pixel_values`. With the embedding codec the batch also
-        holds `slot_boxes` [N_slot, 4] and `trigger_boxes` [N_trigger, 4] (float32, in reading order).
+        Samples without an image contribute no rows to `pixel_values`. A codec that needs more than the ids
+        adds `location_inputs` (its `collate` of the samples' `locations`), which the model takes as is.
         """
         width = max(len(e.input_ids) for e in batch)
         pad_id = self.tokenizer.pad_token_id
@@ -248,14 +214,9 @@ class GroundLMProcessor:
         pixels = [e.pixel_values for e in batch if e.pixel_values is not None]
         if pixels:
             out["pixel_values"] = torch.stack(pixels)  # [B_img, 3, S, S]
-        if self.embeds_locations:
-            for key in ("slot_boxes", "trigger_boxes"):
-                rows = [b for e in batch for b in (getattr(e, key) or [])]
-                out[key] = torch.tensor(rows, dtype=torch.float32).reshape(len(rows), 4)
-            # Mask targets only when every trigger of the batch has one (a segmentation source's batch).
-            if out["trigger_boxes"].shape[0] and all(e.trigger_masks is not None or not e.trigger_boxes for e in batch):
-                masks = [m for e in batch for m in (e.trigger_masks or [])]
-                out["trigger_masks"] = torch.from_numpy(np.stack(masks)).float()  # [N_trigger, S, S]
+        location_inputs = self.codec.collate([e.locations for e in batch])
+        if location_inputs is not None:
+            out["location_inputs"] = location_inputs
         return out
 
     # ---- answers ------------------------------------------------------------------------------------------
@@ -268,13 +229,13 @@ class GroundLMProcessor:
         return text.strip()
 
     def parse(
-        self, text: str, frame: Frame | None, boxes: Sequence[Sequence[float]] | None = None
+        self, text: str, frame: Frame | None, decoded: Sequence[Sequence[float]] = ()
     ) -> list[GroundedObject]:
         """The grounded objects of an answer, with boxes also mapped back to original-image pixels.
 
-        `boxes` are the embedding codec's decoded boxes ([0, 1], one per trigger, from `generation.py`).
+        `decoded` are boxes a codec's decode hook produced ([0, 1] of the frame, in order; see `decoding.py`).
         """
-        objects = self.codec.parse(text, boxes) if self.embeds_locations else self.codec.parse(text)
+        objects = self.codec.parse(text, decoded)
         if frame is not None:
             for obj in objects:
                 obj.box = tuple(frame.denormalize(obj.box_norm))
@@ -308,9 +269,6 @@ class GroundLMProcessor:
             raise ValueError(f"{path}: invalid processor config: {err}") from err
         tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
         return cls(tokenizer, config)
-
-
-_LITERAL_LOCATION = re.compile(r"<\s*at\s*>|<\s*boxes\s*>")
 
 
 def _content(message) -> str:

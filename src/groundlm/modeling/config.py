@@ -103,14 +103,14 @@ class GroundLMConfig(PreTrainedConfig):
         if self.frame not in FRAMES:
             raise ValueError(f"unknown frame {self.frame!r}; choose one of {', '.join(FRAMES)}")
         # Imported here, not at the top: the location package may import modeling for its hooks.
-        from ..location_codecs import CODEC_NAMES
+        from ..location import make_codec
 
-        if self.location_codec not in CODEC_NAMES:
+        codec = make_codec(self)  # a ValueError naming the choices for an unknown location_codec
+        if codec.has_heads != (self.location_head is not None):
             raise ValueError(
-                f"unknown location_codec {self.location_codec!r}; choose one of {', '.join(CODEC_NAMES)}"
+                f"location_head (the box encoder/decoder settings) goes with a codec that has location heads; "
+                f"location_codec {self.location_codec!r} {'needs' if codec.has_heads else 'has none'}"
             )
-        if (self.location_codec == "embedding") != (self.location_head is not None):
-            raise ValueError("location_head (the box encoder/decoder settings) goes with location_codec 'embedding'")
         if self.image_position_embedding not in IMAGE_POSITION_EMBEDDINGS:
             raise ValueError(
                 f"unknown image_position_embedding {self.image_position_embedding!r}; "

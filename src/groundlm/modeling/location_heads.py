@@ -186,8 +186,8 @@ class LocationHeads(nn.Module):
 
 
 def build_location_heads(config) -> LocationHeads | None:
-    """The heads of a `GroundLMConfig` whose codec is `embedding`, else None (no parameters added)."""
-    if config.location_codec != "embedding":
+    """The heads of a `GroundLMConfig` with `location_head` settings (its codec has heads), else None."""
+    if config.location_head is None:
         return None
     settings = LocationHeadConfig(**config.location_head)
     patches = (config.image_size // config.vision_config.patch_size) ** 2  # the mask decoder's grid

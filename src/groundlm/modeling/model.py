@@ -4,7 +4,8 @@ The processor has already expanded every image placeholder to exactly `config.nu
 `config.image_token_id` (the transformers convention). The model embeds the tokens, computes the image
 features, and scatters them into those positions (checking the counts match), then runs the language model on
 the embeddings. It is a transformers `PreTrainedModel` + `GenerationMixin`: `save_pretrained`,
-`from_pretrained`, `generate` (KV cache, batched with left padding) and `resize_token_embeddings` all work.
+`from_pretrained`, `generate` (KV cache, batched with left padding) and `resize_token_embeddings` all work;
+groundlm's own decoding loop is `decoding.py`.
 """
 
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ class GroundLMCausalLMOutputWithPast(CausalLMOutputWithPast):
     """
 
     image_hidden_states: torch.FloatTensor | None = None
-    # Embedding codec (modeling/location_heads.py), when trigger_boxes are given: the decoded boxes
+    # Location heads (modeling/location_heads.py), when location_inputs hold trigger_boxes: the decoded boxes
     # [N_trigger, 4], each loss term's mean, the weighted total (in `loss` too) and its split per sample [B].
     location_boxes: torch.FloatTensor | None = None
     location_losses: dict | None = None
@@ -92,7 +93,7 @@ class GroundLMForConditionalGeneration(GroundLMPreTrainedModel, GenerationMixin)
         self.vision_norm = nn.LayerNorm(config.vision_config.hidden_size) if config.vision_feature_norm else None
         self.connector = build_connector(config)
         self.language_model = AutoModelForCausalLM.from_config(config.text_config)
-        self.location_heads = build_location_heads(config)  # None unless location_codec == "embedding"
+        self.location_heads = build_location_heads(config)  # None unless the codec has heads (location_head)
         self.post_init()
 
     # Embedding accessors: `resize_token_embeddings` (new special tokens) goes through these.
@@ -176,9 +177,7 @@ class GroundLMForConditionalGeneration(GroundLMPreTrainedModel, GenerationMixin)
         use_cache: bool | None = None,
         cache_position: torch.LongTensor | None = None,
         logits_to_keep: int | torch.Tensor = 0,
-        slot_boxes: torch.Tensor | None = None,
-        trigger_boxes: torch.Tensor | None = None,
-        trigger_masks: torch.Tensor | None = None,
+        location_inputs: dict | None = None,
         **kwargs,
     ) -> GroundLMCausalLMOutputWithPast:
         """Embed the tokens, scatter in the image features, run the language model.
@@ -194,10 +193,12 @@ class GroundLMForConditionalGeneration(GroundLMPreTrainedModel, GenerationMixin)
             cache_position: accepted for callers written for older transformers; transformers 5 derives the
                 cache slot from the cache itself, so it is not used.
             logits_to_keep: compute logits for only the last this-many positions (0 = all).
-            slot_boxes: [N_slot, 4] embedding codec: the boxes whose encoding replaces the slot tokens' embeddings.
-            trigger_boxes: [N_trigger, 4] embedding codec: the box decoder's targets at the trigger tokens; given,
-                the location losses are computed (and added to `loss` when `labels` are given too).
-            trigger_masks: [N_trigger, S, S] embedding codec with a mask decoder: the mask targets (frame).
+            location_inputs: what the location codec puts beside the ids (`location/codec.py`, `collate`); read
+                by the location heads (embedding codec): `slot_boxes` [N_slot, 4], the boxes whose encoding
+                replaces the slot tokens' embeddings; `trigger_boxes` [N_trigger, 4], the box decoder's targets
+                at the trigger tokens (given, the location losses are computed and added to `loss` when `labels`
+                are given too); `trigger_masks` [N_trigger, S, S], the mask targets (frame). One dict rather
+                than a keyword per tensor, so a codec with other inputs needs no new argument here.
             kwargs: passed to the language model (e.g. `num_items_in_batch` for the loss).
         """
         if (input_ids is None) == (inputs_embeds is None):
@@ -216,6 +217,8 @@ class GroundLMForConditionalGeneration(GroundLMPreTrainedModel, GenerationMixin)
             image_features = self.get_image_features(pixel_values)  # [B_img, N_img, D]
             inputs_embeds = self.merge_image_features(input_ids, inputs_embeds, image_features)
         heads = self.location_heads
+        located = location_inputs or {}
+        slot_boxes, trigger_boxes = located.get("slot_boxes"), located.get("trigger_boxes")
         if heads is not None and slot_boxes is not None and input_ids is not None:
             inputs_embeds = heads.embed_slots(input_ids, inputs_embeds, slot_boxes)  # [B, T, D]
         locate = heads is not None and trigger_boxes is not None and input_ids is not None
@@ -240,7 +243,7 @@ class GroundLMForConditionalGeneration(GroundLMPreTrainedModel, GenerationMixin)
         if locate:
             location = heads.losses(
                 input_ids, outputs.hidden_states[-1], trigger_boxes, slot_boxes,
-                vision=(self, pixel_values), trigger_masks=trigger_masks,
+                vision=(self, pixel_values), trigger_masks=located.get("trigger_masks"),
             )
         loss = outputs.loss
         if loss is not None and location is not None:

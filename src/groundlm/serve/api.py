@@ -7,19 +7,22 @@
 
 Every refusal is an OpenAI error body `{"error": {"message", "type", "param", "code"}}` with a 4xx status
 (503 with `Retry-After` when the queue is full), so the server answers malformed input with a reason and keeps
-serving. Streaming: the answer is generated in a batch with other requests and then sent as OpenAI chunks
-(a role chunk, one content chunk, a last chunk with `finish_reason` and the objects, then `[DONE]`); the
-stream is there for clients that ask for one, not for token-by-token display.
+serving. Streaming (`stream: true`): the answer is still decoded in a batch with other requests, and each
+piece of its text is sent as an OpenAI content chunk as soon as it is decoded (the batcher's worker thread hands
+it to the event loop); a role chunk comes first, and a last chunk carries `finish_reason` and the objects
+(whose boxes and masks are known only at the end), then `[DONE]`. A failure after the stream has started is
+sent as an OpenAI error event before `[DONE]`, since the status line is already gone.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -105,14 +108,25 @@ def _add_routes(app: FastAPI, service: Service, ui: bool) -> None:
             raise APIError(400, "n must be 1", param="n")
         conversation = to_conversation(body, service.limits)
         decoding = to_decoding(body, service.limits)
-        reply = await service.complete(conversation, decoding)
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
         created = int(time.time())
         if body.stream:
+            pieces: asyncio.Queue[str] = asyncio.Queue()
+            loop = asyncio.get_running_loop()
+
+            def push(piece: str) -> None:  # called in the generation thread
+                try:
+                    loop.call_soon_threadsafe(pieces.put_nowait, piece)
+                except RuntimeError:  # the loop has closed (shutdown): nobody reads this stream any more
+                    pass
+
+            # refusals (busy, bad image) still come back as error statuses: the stream starts after prepare
+            job = await service.prepare(conversation, decoding, on_text=push)
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            events = _stream(completion_id, created, service.name, reply, include_usage)
+            events = _stream(completion_id, created, service.name, service.answer(job), pieces, include_usage)
             return StreamingResponse(events, media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        reply = await service.complete(conversation, decoding)
         return JSONResponse(completion_body(completion_id, created, service.name, reply))
 
     if ui:
@@ -145,7 +159,11 @@ def _extra(reply: Reply, objects: list[dict]) -> dict:
             "image_size": list(reply.image_size) if reply.image_size else None, "decoding": reply.decoding}
 
 
-def _stream(completion_id: str, created: int, model: str, reply: Reply, include_usage: bool) -> Iterator[str]:
+async def _stream(
+    completion_id: str, created: int, model: str, answer, pieces: asyncio.Queue, include_usage: bool
+) -> AsyncIterator[str]:
+    """OpenAI chunks: the role, each text piece as `pieces` receives it while `answer` (the reply) runs, the
+    finish chunk with the objects, usage when asked, `[DONE]`."""
     base = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model}
 
     def event(choices: list, **extra) -> str:
@@ -154,10 +172,33 @@ def _stream(completion_id: str, created: int, model: str, reply: Reply, include_
     def choice(delta: dict, finish: str | None = None) -> list:
         return [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]
 
-    objects = reply.objects()
     yield event(choice({"role": "assistant", "content": ""}))
-    if reply.answer.text:
-        yield event(choice({"content": reply.answer.text}))
+    task = asyncio.ensure_future(answer)
+    try:
+        while not task.done():
+            piece = asyncio.ensure_future(pieces.get())
+            await asyncio.wait({piece, task}, return_when=asyncio.FIRST_COMPLETED)
+            if not piece.done():
+                piece.cancel()
+                break
+            yield event(choice({"content": piece.result()}))
+        # pieces are queued before the reply is set (one event loop, in order), so these are the last ones
+        while not pieces.empty():
+            yield event(choice({"content": pieces.get_nowait()}))
+        reply: Reply = await task
+    except Exception as err:  # the status line is sent: the failure goes out as an error event
+        if isinstance(err, APIError):
+            body = error_body(err.message, err.type, err.param, err.code)
+        else:
+            log.exception("generation failed while streaming")
+            body = error_body("internal server error; the server log has the details", "server_error", None,
+                              "internal_error")
+        yield f"data: {json.dumps(body)}\n\n"
+        yield "data: [DONE]\n\n"
+        return
+    finally:
+        task.cancel()  # a client that went away: the batcher drops the request
+    objects = reply.objects()
     yield event(choice({"objects": objects}, reply.finish_reason), groundlm=_extra(reply, objects))
     if include_usage:
         yield event([], usage=_usage(reply))

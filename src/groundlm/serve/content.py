@@ -49,10 +49,10 @@ class Decoding:
 
     @property
     def batch_key(self) -> tuple:
-        """Requests with equal keys can share one generate call (stop strings are applied afterwards)."""
+        """Requests with equal keys can share one generate call (stop strings end rows inside it)."""
         if self.greedy:
-            return (self.max_tokens, True)
-        return (self.max_tokens, False, self.temperature, self.top_p)
+            return (self.max_tokens, True, self.stop)
+        return (self.max_tokens, False, self.temperature, self.top_p, self.stop)
 
 
 def decode_data_url(url: str, limits: Limits, param: str) -> bytes:

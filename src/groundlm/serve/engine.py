@@ -5,25 +5,22 @@ loop) and raises `APIError`s for anything the model cannot take, so a job that r
 server fault. `run` is called by the batcher's single worker thread with jobs that share a
 `Decoding.batch_key`.
 
-Greedy decoding goes through `GroundLM.generate`, the same left-padded batched decoding as
-`GroundLM.ask_many`.
-A non-zero `temperature` (with `top_p` > 0) samples instead: the logits are divided by the temperature and
-tokens are drawn from the smallest set whose probability reaches `top_p` (nucleus sampling), per request,
-without a fixed seed, so the same request can give different answers.
+Decoding is `GroundLM.generate`, the same left-padded batched decoding (and mask decoding) as
+`GroundLM.ask_many`, so the API returns what `ask` returns. A non-zero `temperature` (with `top_p` > 0)
+samples instead: the logits are divided by the temperature and tokens are drawn from the smallest set whose
+probability reaches `top_p` (nucleus sampling), per request, without a fixed seed, so the same request can give
+different answers. A job with `on_text` receives its answer's text piece by piece while it is decoded (called
+in the worker thread).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import numpy as np
-import torch
-
-from ..geometry import Frame
+from ..decoding import GREEDY, Sampling
 from ..images import ImageError
 from ..inference import Answer, GroundLM
-from ..location import GroundedObject
 from ..processor import Encoded
 from .content import Conversation, Decoding
 from .errors import APIError, bad_request
@@ -32,11 +29,12 @@ from .limits import Limits
 
 @dataclass
 class Job:
-    """One request ready for generation: its tokens and image, its frame and how to decode."""
+    """One request ready for generation: its tokens and image, its frame, how to decode, where text goes."""
 
     encoded: Encoded
     decoding: Decoding
     image_size: tuple[int, int] | None
+    on_text: Callable[[str], None] | None = None
 
 
 @dataclass
@@ -51,24 +49,8 @@ class Reply:
     decoding: str  # "greedy" | "sample"
 
     def objects(self) -> list[dict]:
-        """The grounded objects as JSON-ready dicts (masks as COCO RLE)."""
-        return [object_dict(o) for o in self.answer.objects]
-
-
-def object_dict(obj: GroundedObject) -> dict:
-    """One object as `{"phrase", "box", "box_norm", "mask"}`; an array mask becomes uncompressed COCO RLE."""
-    mask = obj.mask
-    if mask is not None and not isinstance(mask, dict | list):
-        from ..masks import rle_encode
-
-        array = mask.detach().cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
-        mask = rle_encode(array.astype(bool))
-    return {
-        "phrase": obj.phrase,
-        "box": None if obj.box is None else [round(float(v), 2) for v in obj.box],
-        "box_norm": [float(v) for v in obj.box_norm],
-        "mask": mask,
-    }
+        """The grounded objects as JSON-ready dicts (`GroundedObject.to_dict`: masks as COCO RLE)."""
+        return [o.to_dict() for o in self.answer.objects]
 
 
 class Engine:
@@ -110,37 +92,20 @@ class Engine:
     def run(self, jobs: Sequence[Job]) -> list[Reply]:
         """Generate answers for jobs sharing one decoding key, in one batch."""
         decoding = jobs[0].decoding
-        batch = [j.encoded for j in jobs]
-        if self.lm.processor.embeds_locations:  # NExT-Chat's codec: the boxes come from the box decoder
-            sampling = {} if decoding.greedy else {"temperature": decoding.temperature, "top_p": decoding.top_p}
-            located = self.lm.generate_located(batch, decoding.max_tokens, **sampling)
-            return [self._reply(job, text, boxes) for job, (text, boxes) in zip(jobs, located, strict=True)]
-        if decoding.greedy:
-            texts = self.lm.generate(batch, decoding.max_tokens)
-        else:
-            texts = self.lm.generate(
-                batch, decoding.max_tokens, temperature=decoding.temperature, top_p=decoding.top_p
-            )
-        return [self._reply(job, text) for job, text in zip(jobs, texts, strict=True)]
+        sampling = GREEDY if decoding.greedy else Sampling(decoding.temperature, decoding.top_p)
 
-    def _reply(self, job: Job, text: str, boxes: list | None = None) -> Reply:
-        processor = self.lm.processor
-        # decoded text is re-tokenised for the count: generate returns text, and the count only feeds `usage`
-        completion_tokens = len(processor.tokenizer(text, add_special_tokens=False)["input_ids"])
-        finish = "length" if completion_tokens >= job.decoding.max_tokens else "stop"
-        cut = _cut_at_stop(text, job.decoding.stop)
-        if cut is not None:
-            text, finish = cut, "stop"
-            completion_tokens = len(processor.tokenizer(text, add_special_tokens=False)["input_ids"])
-        frame: Frame | None = job.encoded.frame
-        answer = Answer(text, processor.parse(text, frame, boxes), processor.codec.strip(text))
-        return Reply(
-            answer, len(job.encoded.input_ids), completion_tokens, finish, job.image_size,
-            "greedy" if job.decoding.greedy else "sample",
+        def on_text(row: int, piece: str) -> None:
+            send = jobs[row].on_text
+            if send is not None:
+                send(piece)
+
+        streaming = any(j.on_text is not None for j in jobs)
+        generations = self.lm.generate(
+            [j.encoded for j in jobs], decoding.max_tokens, sampling=sampling, stop=decoding.stop,
+            on_text=on_text if streaming else None,
         )
-
-
-def _cut_at_stop(text: str, stops: Sequence[str]) -> str | None:
-    """`text` up to the first stop string (excluded, as OpenAI does), or None when none occurs."""
-    cuts = [i for i in (text.find(s) for s in stops) if i >= 0]
-    return text[: min(cuts)] if cuts else None
+        how = "greedy" if decoding.greedy else "sample"
+        return [
+            Reply(g.answer, len(job.encoded.input_ids), g.completion_tokens, g.finish_reason, job.image_size, how)
+            for job, g in zip(jobs, generations, strict=True)
+        ]

@@ -7,6 +7,7 @@ queue limit and the timeout.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from starlette.concurrency import run_in_threadpool
@@ -36,9 +37,21 @@ class Service:
 
     async def complete(self, conversation: Conversation, decoding: Decoding) -> Reply:
         """Answer a conversation: refuse early when busy, prepare in a thread, then wait for a batch."""
+        return await self.answer(await self.prepare(conversation, decoding))
+
+    async def prepare(
+        self, conversation: Conversation, decoding: Decoding, on_text: Callable[[str], None] | None = None
+    ) -> Job:
+        """Refuse when busy, else encode the request in a thread; `on_text` gets the answer piece by piece (it
+        is called in the generation thread)."""
         # checked before preparing, so an overloaded server sheds load without decoding images first
         self._refuse_if_full()
         job = await run_in_threadpool(self.engine.prepare, conversation, decoding)
+        job.on_text = on_text
+        return job
+
+    async def answer(self, job: Job) -> Reply:
+        """Wait for `job`'s batch and return its reply; the queue's refusals become 503s."""
         try:
             return await self.batcher.submit(job)
         except QueueFullError as err:

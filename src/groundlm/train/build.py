@@ -24,8 +24,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ..data.shapes import vocabulary
 from ..images import CLIP_MEAN, CLIP_STD
-from ..location_codecs import make_codec
-from ..location_setup import add_location_tokens, location_head_settings
+from ..location import add_location_tokens, location_head_settings, make_codec
 from ..modeling import GroundLMConfig, GroundLMForConditionalGeneration, build_connector, load_vision_tower
 from ..modeling.location_heads import build_location_heads
 from ..modeling.positions import init_coordinate_embeddings
@@ -95,11 +94,11 @@ def _vision_config(spec: ModelSpec) -> dict:
 
 
 def _from_scratch(spec: ModelSpec, seed: int):
-    if spec.coordinate_init == "sincos" and spec.location_codec != "text":
-        # The code is laid out for the text codec's `<0>`..`<bins>`; other codecs have no such rows.
-        raise ValueError(f"coordinate_init 'sincos' is for the text codec, not {spec.location_codec!r}")
     processor = scratch_processor(spec)
     tokenizer = processor.tokenizer
+    coordinates = processor.codec.coordinate_tokens()  # value order: the rows `sincos` lays its code on
+    if spec.coordinate_init == "sincos" and coordinates is None:
+        raise ValueError(f"coordinate_init 'sincos' needs coordinate tokens; the {spec.location_codec!r} codec has none")
     text = {
         "model_type": "llama",
         "vocab_size": len(tokenizer),
@@ -117,8 +116,7 @@ def _from_scratch(spec: ModelSpec, seed: int):
     torch.manual_seed(seed)
     model = GroundLMForConditionalGeneration(_config(spec, _vision_config(spec), text, processor)).eval()
     if spec.coordinate_init == "sincos":
-        bins = spec.location_bins
-        init_coordinate_embeddings(model, tokenizer.convert_tokens_to_ids([f"<{k}>" for k in range(bins + 1)]))
+        init_coordinate_embeddings(model, tokenizer.convert_tokens_to_ids(coordinates))
     return model, processor
 
 
@@ -172,12 +170,7 @@ def _config(spec: ModelSpec, vision_config, text_config, processor: GroundLMProc
         frame=spec.frame,
         location_bins=spec.location_bins,
         location_codec=spec.location_codec,
-        # H1's location package replaces this with `location_head_settings(tokenizer, codec, overrides)`.
-        location_head=(
-            location_head_settings(processor, **(spec.location_head or {}))
-            if spec.location_codec == "embedding"
-            else None
-        ),
+        location_head=location_head_settings(tokenizer, processor.codec, spec.location_head),
         image_position_embedding=spec.image_position_embedding,
         pad_token_id=tokenizer.pad_token_id,
     )
@@ -226,10 +219,9 @@ def _from_parts(spec: ModelSpec, seed: int):
     if len(tokenizer) > lm.get_input_embeddings().weight.shape[0]:
         torch.manual_seed(seed)
         lm.resize_token_embeddings(len(tokenizer))
-    # tokens / embedding codecs: their tokens join the vocabulary, new rows at the mean (location_setup.py);
-    # the text codec writes plain text. H1's location package replaces this name test with a codec hook.
-    if spec.location_codec != "text":
-        add_location_tokens(lm, tokenizer, make_codec(spec))
+    # The codec's own tokens (none for plain-text boxes) join the vocabulary, new rows at the mean
+    # (location/setup.py).
+    add_location_tokens(lm, tokenizer, make_codec(spec))
 
     processor = _processor(spec, tokenizer, tower.config, *_image_stats(tower_path))
     config = _config(spec, tower.config, lm.config, processor)

@@ -34,7 +34,7 @@ import yaml
 
 from ..data.shapes import SHAPES_TASKS, ShapesConfig
 from ..geometry import FRAMES
-from ..location_codecs import CODEC_NAMES
+from ..location import CODEC_NAMES, make_codec
 from ..modeling.connector import CONNECTORS
 from ..modeling.location_heads import LocationHeadConfig
 from ..modeling.positions import COORDINATE_INITS, IMAGE_POSITION_EMBEDDINGS
@@ -163,9 +163,10 @@ def _check_model(m: ModelSpec, where: str) -> None:
             raise RecipeError(f"{where}.{name}: applies to {kind} only")
     if m.location_head is not None:
         known = {f.name for f in dataclasses.fields(LocationHeadConfig)} - {"trigger_token_id", "slot_token_id"}
-        if m.location_codec != "embedding" or set(m.location_head) - known:
+        if not make_codec(m).has_heads or set(m.location_head) - known:
             raise RecipeError(
-                f"{where}.location_head: needs location_codec embedding and fields among {sorted(known)}"
+                f"{where}.location_head: needs a location_codec with heads (embedding) and fields among "
+                f"{sorted(known)}"
             )
 
 

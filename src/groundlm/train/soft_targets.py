@@ -14,17 +14,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..location import TextLocationCodec
-from ..location_tokens import TokenLocationCodec
 
-
-def coordinate_token_strings(codec: object) -> list[str] | None:
+def coordinate_token_strings(codec) -> list[str] | None:
     """The codec's coordinate tokens in value order, or None when its boxes are not coordinate tokens."""
-    if isinstance(codec, TextLocationCodec):
-        return [f"<{i}>" for i in range(codec.bins + 1)]
-    if isinstance(codec, TokenLocationCodec):
-        return [codec.token(k) for k in range(codec.bins)]
-    return None
+    return codec.coordinate_tokens()
 
 
 def coordinate_token_ids(processor) -> torch.Tensor:

@@ -20,28 +20,37 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .location import BoxNorm, GroundedObject
-from .records import BOX_SLOT
+from ..records import BOX_SLOT
+from .codec import WrittenLocations
+from .objects import BoxNorm, GroundedObject
+from .scan import (
+    PHRASE_TOKENS,
+    check_bins,
+    check_four,
+    checked_box,
+    markup,
+    ordered,
+    pair,
+    scanner,
+    slot_texts,
+    tidy,
+)
 
 _LOC = r"<\s*loc_(\d{1,9})\s*>"
-# A phrase never spans another <p> or a location token, so an unclosed <p> cannot swallow the boxes after it.
-_PHRASE = r"<\s*p\s*>((?:(?!<\s*p\s*>|<\s*loc_).)*?)<\s*/\s*p\s*>"
-_SCAN = re.compile(rf"(?P<phrase>{_PHRASE})|(?P<run>{_LOC}(?:\s*{_LOC})*)", re.DOTALL)
+_SCAN = scanner(r"<\s*loc_", rf"{_LOC}(?:\s*{_LOC})*")
 _LOC_ONE = re.compile(_LOC)
 _SLOT_RUN = re.compile(rf"(?:{BOX_SLOT.pattern})+")
-_TAGS = re.compile(rf"<\s*/?\s*p\s*>|{_LOC}")
-_SPACE_BEFORE_PUNCT = re.compile(r"\s+([.,!?;:])")
+_MARKUP = markup(_LOC)
 
 
 @dataclass(frozen=True)
-class TokenLocationCodec:
+class TokenLocationCodec(WrittenLocations):
     """Boxes as four `<loc_k>` tokens, k in 0..bins-1 (x1, y1, x2, y2 of the model's input frame)."""
 
     bins: int = 100
 
     def __post_init__(self) -> None:
-        if isinstance(self.bins, bool) or not isinstance(self.bins, int) or self.bins < 2:
-            raise ValueError(f"bins must be an integer >= 2, got {self.bins!r}")
+        check_bins(self.bins, 2)
 
     def token(self, k: int) -> str:
         """The location token of bin `k`."""
@@ -49,18 +58,12 @@ class TokenLocationCodec:
 
     def quantize(self, box_norm: Sequence[float]) -> tuple[int, int, int, int]:
         """[0, 1] coordinates → bins 0..bins-1 (`floor(v * bins)`, clamped)."""
-        if len(box_norm) != 4:
-            raise ValueError(f"a box needs 4 numbers, got {len(box_norm)}: {box_norm!r}")
-        values = [float(v) for v in box_norm]
-        if not all(math.isfinite(v) for v in values):
-            raise ValueError(f"a box coordinate is not finite: {box_norm!r}")
-        q = [min(max(math.floor(v * self.bins), 0), self.bins - 1) for v in values]
+        q = [min(max(math.floor(v * self.bins), 0), self.bins - 1) for v in checked_box(box_norm)]
         return (q[0], q[1], q[2], q[3])
 
     def dequantize(self, q: Sequence[int]) -> BoxNorm:
         """Bins → [0, 1] coordinates at the bin centres, `(k + 0.5) / bins`."""
-        if len(q) != 4:
-            raise ValueError(f"a box needs 4 numbers, got {len(q)}: {q!r}")
+        check_four(q)
         c = [(k + 0.5) / self.bins for k in q]
         return (c[0], c[1], c[2], c[3])
 
@@ -73,17 +76,7 @@ class TokenLocationCodec:
 
         `output` (assistant turn or not) changes nothing: a box reads and writes the same 4 tokens.
         """
-
-        def replace(m: re.Match[str]) -> str:
-            texts = []
-            for slot in BOX_SLOT.finditer(m.group(0)):
-                i = int(slot.group(1))
-                if i >= len(boxes_norm):
-                    raise ValueError(f"slot {slot.group(0)} has no box: only {len(boxes_norm)} boxes are given")
-                texts.append(self.render_box(boxes_norm[i]))
-            return "".join(texts)
-
-        return _SLOT_RUN.sub(replace, content)
+        return _SLOT_RUN.sub(lambda m: "".join(slot_texts(m.group(0), boxes_norm, self.render_box)), content)
 
     def _boxes(self, run: str) -> list[BoxNorm]:
         """The boxes of a run of location tokens, four at a time; an incomplete rest or a bin ≥ bins is dropped."""
@@ -91,40 +84,31 @@ class TokenLocationCodec:
         boxes = []
         for start in range(0, len(values) - 3, 4):
             q = values[start : start + 4]
-            if max(q) >= self.bins:
-                continue
-            x1, x2 = sorted((q[0], q[2]))
-            y1, y2 = sorted((q[1], q[3]))
-            boxes.append(self.dequantize((x1, y1, x2, y2)))
+            if max(q) < self.bins:
+                boxes.append(self.dequantize(ordered(q)))
         return boxes
 
-    def parse(self, text: str) -> list[GroundedObject]:
-        """The grounded objects written in `text`, in order; never raises (unparsable text gives [])."""
-        if not isinstance(text, str):
-            return []
-        try:
-            objects: list[GroundedObject] = []
-            phrase: str | None = None
-            phrase_end = -1
-            for m in _SCAN.finditer(text):
-                if m.group("phrase") is not None:
-                    phrase = " ".join(m.group(2).split()) or None
-                    phrase_end = m.end()
-                    continue
-                owner = phrase if phrase_end >= 0 and not text[phrase_end : m.start()].strip() else None
-                objects += [GroundedObject(owner, box) for box in self._boxes(m.group("run"))]
-                phrase, phrase_end = None, -1
-            return objects
-        except Exception:  # a parser of model output must not crash the caller
-            return []
+    def parse(self, text: str, decoded: Sequence[Sequence[float]] = ()) -> list[GroundedObject]:
+        """The grounded objects written in `text`, in order; never raises (unparsable text gives []).
+
+        `decoded` is ignored: the boxes are in the text."""
+        return pair(text, _SCAN, lambda m: self._boxes(m.group("loc")))
 
     def strip(self, text: str) -> str:
         """The human-readable answer: phrases kept, `<p>` tags and location tokens removed."""
-        if not isinstance(text, str):
-            return ""
-        text = " ".join(_TAGS.sub(" ", text).split())
-        return _SPACE_BEFORE_PUNCT.sub(r"\1", text)
+        return tidy(text, _MARKUP) if isinstance(text, str) else ""
 
     def special_tokens(self) -> list[str]:
         """Tokens the tokenizer must keep whole: `<p>`, `</p>`, `<loc_0>` … `<loc_{bins-1}>`."""
-        return ["<p>", "</p>", *(self.token(k) for k in range(self.bins))]
+        return [*PHRASE_TOKENS, *self.coordinate_tokens()]
+
+    def added_tokens(self) -> list[str]:
+        """All of `special_tokens`: each location token must be one new id."""
+        return self.special_tokens()
+
+    def coordinate_tokens(self) -> list[str]:
+        """`<loc_0>` … `<loc_{bins-1}>`, in value order."""
+        return [self.token(k) for k in range(self.bins)]
+
+
+__all__ = ["TokenLocationCodec"]
