@@ -24,7 +24,7 @@ class Task:
     draws_objects: bool = False
 
 
-# The tagged tasks come first, in this order: a new model's tokenizer adds their tags in it (presets.py),
+# The tagged tasks come first, in this order: a new model's tokenizer adds their tags in it (train/build.py),
 # so the order fixes those tokens' ids.
 TASKS: dict[str, Task] = {
     "vqa": Task(tagged=True, metric=ExactMatch(soft_vqa=True)),
