@@ -61,6 +61,19 @@ def test_models_llava_cannot_express_are_refused():
         to_llava(model)
 
 
+def test_a_codec_with_location_heads_is_refused_and_location_tokens_export():
+    import dataclasses
+
+    located, _ = build_model(dataclasses.replace(LLAVA_LIKE, location_codec="embedding"))
+    with pytest.raises(ValueError, match="location heads"):
+        to_llava(located)
+    # `<loc_k>` tokens are plain vocabulary to LLaVA: the same logits
+    model, processor = build_model(dataclasses.replace(LLAVA_LIKE, location_codec="tokens"), seed=3)
+    batch = _batch(processor)
+    with torch.no_grad():
+        assert (model(**batch).logits - to_llava(model)(**batch).logits).abs().max().item() <= 1e-4
+
+
 def test_export_command_writes_a_llava_directory_with_the_same_logits(pair, tmp_path):
     model, processor, _ = pair
     model.save_pretrained(tmp_path / "model")

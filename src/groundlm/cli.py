@@ -176,7 +176,8 @@ def export_cmd(
 ) -> None:
     """Write MODEL in transformers' LLaVA layout to OUT (LlavaForConditionalGeneration loads it; same logits).
 
-    Only models LLaVA can express export: a CLIP or SigLIP tower, the mlp2x_gelu connector, text locations."""
+    Only models LLaVA can express export: a CLIP or SigLIP tower, the mlp2x_gelu connector, a location codec
+    without heads (boxes written in the text)."""
     from .export import export_model
 
     if out.exists() and any(out.iterdir()) and not force:
