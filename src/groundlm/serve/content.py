@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
+from ..decoding import GREEDY, Sampling
 from .errors import APIError, bad_request
 from .limits import Limits
 from .schema import ChatCompletionRequest, ImagePart, TextPart
@@ -35,24 +36,17 @@ class Conversation:
 
 @dataclass(frozen=True)
 class Decoding:
-    """How to generate: greedy when `temperature` is 0 or `top_p` is 0, else sampling."""
+    """How to generate a request's answer: its length limit, how tokens are chosen (`decoding.Sampling`: greedy
+    unless `temperature` and `top_p` are both above 0) and its stop strings."""
 
     max_tokens: int
-    temperature: float = 0.0
-    top_p: float = 1.0
+    sampling: Sampling = GREEDY
     stop: tuple[str, ...] = ()
-
-    @property
-    def greedy(self) -> bool:
-        """True when decoding is greedy (the default)."""
-        return self.temperature == 0.0 or self.top_p == 0.0
 
     @property
     def batch_key(self) -> tuple:
         """Requests with equal keys can share one generate call (stop strings end rows inside it)."""
-        if self.greedy:
-            return (self.max_tokens, True, self.stop)
-        return (self.max_tokens, False, self.temperature, self.top_p, self.stop)
+        return (self.max_tokens, GREEDY if self.sampling.greedy else self.sampling, self.stop)
 
 
 def decode_data_url(url: str, limits: Limits, param: str) -> bytes:
@@ -177,4 +171,4 @@ def to_decoding(request: ChatCompletionRequest, limits: Limits) -> Decoding:
         raise bad_request("stop takes at most 4 non-empty strings", param="stop")
     temperature = 0.0 if request.temperature is None else float(request.temperature)
     top_p = 1.0 if request.top_p is None else float(request.top_p)
-    return Decoding(max_tokens, temperature, top_p, tuple(stop))
+    return Decoding(max_tokens, Sampling(temperature, top_p), tuple(stop))

@@ -18,7 +18,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from ..decoding import GREEDY, Sampling
 from ..images import ImageError
 from ..inference import Answer, GroundLM
 from ..processor import Encoded
@@ -92,7 +91,6 @@ class Engine:
     def run(self, jobs: Sequence[Job]) -> list[Reply]:
         """Generate answers for jobs sharing one decoding key, in one batch."""
         decoding = jobs[0].decoding
-        sampling = GREEDY if decoding.greedy else Sampling(decoding.temperature, decoding.top_p)
 
         def on_text(row: int, piece: str) -> None:
             send = jobs[row].on_text
@@ -101,10 +99,10 @@ class Engine:
 
         streaming = any(j.on_text is not None for j in jobs)
         generations = self.lm.generate(
-            [j.encoded for j in jobs], decoding.max_tokens, sampling=sampling, stop=decoding.stop,
+            [j.encoded for j in jobs], decoding.max_tokens, sampling=decoding.sampling, stop=decoding.stop,
             on_text=on_text if streaming else None,
         )
-        how = "greedy" if decoding.greedy else "sample"
+        how = "greedy" if decoding.sampling.greedy else "sample"
         return [
             Reply(g.answer, len(job.encoded.input_ids), g.completion_tokens, g.finish_reason, job.image_size, how)
             for job, g in zip(jobs, generations, strict=True)
