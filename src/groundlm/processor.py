@@ -96,9 +96,15 @@ class GroundLMProcessor:
         """
         if not BOX_SLOT.search(content):
             return content
+        return self._render(content, _normalized(boxes, frame), frame, output)
+
+    def _render(self, content: str, boxes_norm: list, frame: Frame | None, output: bool) -> str:
+        """`render_locations` with the boxes already normalised to `frame`."""
+        if not BOX_SLOT.search(content):
+            return content
         if frame is None:
             raise ValueError(f"{content!r} points at boxes but no image frame is given to normalise them")
-        return self.codec.render(content, [frame.normalize(b) for b in boxes], output=output)
+        return self.codec.render(content, boxes_norm, output=output)
 
     def encode(
         self,
@@ -119,6 +125,7 @@ class GroundLMProcessor:
         """
         rendered = []
         turns: list[tuple[str, bool]] = []
+        boxes_norm = _normalized(boxes, frame)  # once for every turn and for the codec's encode_locations
         for i, m in enumerate(messages):
             role, content = (m["role"], m["content"]) if isinstance(m, dict) else (m.role, m.content)
             if self.config.image_token in content:
@@ -132,7 +139,7 @@ class GroundLMProcessor:
             content = self.codec.clean(content)
             turns.append((content, output))
             rendered.append(
-                {"role": role, "content": self.render_locations(content, boxes, frame, output=output)}
+                {"role": role, "content": self._render(content, boxes_norm, frame, output)}
             )
         segments = self.template.render(rendered, image=image, add_generation_prompt=add_generation_prompt)
 
@@ -159,7 +166,6 @@ class GroundLMProcessor:
         unsupervised = set(self.codec.never_targets(self.tokenizer))
         if unsupervised:
             labels = [IGNORE_INDEX if t in unsupervised else y for t, y in zip(input_ids, labels, strict=True)]
-        boxes_norm = [frame.normalize(b) for b in boxes] if frame else []
         locations = self.codec.encode_locations(
             turns, boxes_norm, input_ids, self.tokenizer, lambda i: self._object_mask(masks, i, frame)
         )
@@ -274,3 +280,8 @@ class GroundLMProcessor:
 def _content(message) -> str:
     """The content of a `records.Message` or a `{"role", "content"}` dict."""
     return message["content"] if isinstance(message, dict) else message.content
+
+
+def _normalized(boxes: Sequence[Sequence[float]], frame: Frame | None) -> list:
+    """`boxes` (original pixels) as fractions of the model's input frame; [] without a frame."""
+    return [frame.normalize(b) for b in boxes] if frame is not None else []
