@@ -10,8 +10,8 @@ random one may stop anywhere, so the mean answer length is printed beside the ti
   a token-by-token stream could reach.
 - The HTTP server (`groundlm.serve.run` in a subprocess on loopback, batching on, one client at a time): the
   same requests as OpenAI chat completions with the image as a data URL, p50 / p95; and with `stream: true`,
-  the time to the first content chunk. The server generates an answer whole and then streams its chunks
-  (serve/api.py), so that time is close to the full latency.
+  the time to the first content chunk (the server streams each piece as it is decoded, serve/api.py; the
+  batcher's wait for company and the prefill come before it).
 
     .venv/bin/python bench/latency.py [--n 50] [--threads 2] [--max-new-tokens 32]
     .venv/bin/python bench/latency.py --smoke     # 3 requests each: proves the script runs
