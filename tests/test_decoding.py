@@ -55,6 +55,16 @@ def test_seeded_nucleus_sampling_repeats_and_differs_from_greedy(lm):
     assert [g.answer.text for g in other_seed] != [g.answer.text for g in first]
 
 
+def test_a_seeded_row_samples_the_same_answer_alone_and_in_a_batch(lm):
+    batch = _batch(lm)
+    longest = max(range(len(batch)), key=lambda r: len(batch[r].input_ids))  # no padding in the batch either
+    hot = Sampling(temperature=1.5, top_p=0.95, seed=11)
+    together = lm.generate(batch, 10, sampling=hot)
+    alone = lm.generate([batch[longest]], 10, sampling=hot)
+    assert alone[0].answer.text == together[longest].answer.text
+    assert len({g.answer.text for g in together}) > 1  # the rows' own draws, not one shared answer
+
+
 def test_finish_reason_is_length_exactly_when_max_new_tokens_ran_out(lm):
     for g in lm.generate(_batch(lm), 5):
         stopped = g.finish_reason == "stop"

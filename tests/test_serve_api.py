@@ -161,6 +161,19 @@ def test_sampling_with_temperature(client):
     assert r.json()["groundlm"]["decoding"] == "greedy"
 
 
+def test_a_seed_makes_sampled_answers_repeat(client):
+    def sampled(seed):
+        r = client.post("/v1/chat/completions", json=chat_body(temperature=1.5, top_p=0.95, max_tokens=10, seed=seed))
+        assert r.status_code == 200, r.text
+        return r.json()["choices"][0]["message"]["content"]
+
+    first = sampled(7)
+    assert sampled(7) == first
+    assert sampled(8) != first
+    r = client.post("/v1/chat/completions", json=chat_body(temperature=1.0, seed="seven"))
+    assert r.status_code == 400 and r.json()["error"]["param"] == "seed"
+
+
 def test_stop_strings_cut_the_answer(stub_client):
     r = stub_client.post("/v1/chat/completions", json=chat_body(stop=["</p>"]))
     choice = r.json()["choices"][0]

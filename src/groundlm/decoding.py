@@ -12,8 +12,8 @@ runner all decode here. The loop is the plain one of a causal LM (the shape of g
 
 Greedy decoding (argmax) gives the same tokens as transformers' `model.generate(do_sample=False)` on the same
 batch (tests/test_decoding.py checks it). Sampling divides the logits by `temperature` and draws from the
-smallest set of tokens whose probability reaches `top_p` (nucleus sampling), from a generator seeded with
-`seed` when one is given (the same seed, the same answer).
+smallest set of tokens whose probability reaches `top_p` (nucleus sampling). With a `seed`, every row draws
+from a generator of its own seeded with it, so a prompt's answer repeats whatever else shares its batch.
 
 A codec that needs per-step work plugs in a `DecodeHook` (`location/codec.py`): it sees each chosen token and
 the last hidden state, and may replace the token and its input embedding (the embedding codec forces the slot
@@ -64,8 +64,11 @@ class Step:
     done: list[bool]
 
 
-def choose(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator | None) -> torch.Tensor:
-    """Next token per row from logits [B, V]: argmax when greedy, else nucleus sampling."""
+def choose(
+    logits: torch.Tensor, sampling: Sampling, generators: list[torch.Generator] | None = None
+) -> torch.Tensor:
+    """Next token per row from logits [B, V]: argmax when greedy, else nucleus sampling (row r drawing from
+    `generators[r]` when given, else from torch's global generator)."""
     if sampling.greedy:
         return logits.argmax(-1)
     probs = torch.softmax(logits.float() / sampling.temperature, -1)  # [B, V]
@@ -73,7 +76,11 @@ def choose(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator 
     # Keep the smallest prefix whose mass reaches top_p (the first token always stays).
     drop = sorted_p.cumsum(-1) - sorted_p >= sampling.top_p
     sorted_p = sorted_p.masked_fill(drop, 0.0)
-    pick = torch.multinomial(sorted_p / sorted_p.sum(-1, keepdim=True), 1, generator=generator)  # [B, 1]
+    sorted_p = sorted_p / sorted_p.sum(-1, keepdim=True)
+    if generators is None:
+        pick = torch.multinomial(sorted_p, 1)  # [B, 1]
+    else:
+        pick = torch.cat([torch.multinomial(sorted_p[r : r + 1], 1, generator=g) for r, g in enumerate(generators)])
     return order.gather(-1, pick).squeeze(-1)
 
 
@@ -129,9 +136,9 @@ def generate(
     input_ids = inputs["input_ids"]  # [B, T]
     attention = inputs["attention_mask"]  # [B, T]
     rows = input_ids.shape[0]
-    generator = None
+    generators = None
     if not sampling.greedy and sampling.seed is not None:
-        generator = torch.Generator(device=input_ids.device).manual_seed(sampling.seed)
+        generators = [torch.Generator(device=input_ids.device).manual_seed(sampling.seed) for _ in range(rows)]
     hidden = hook is not None and hook.needs_hidden
     out = prefill(model, inputs, hidden=hidden, hook=hook)
     last = input_ids[:, -1]  # [B] the input whose output `out` is
@@ -139,7 +146,7 @@ def generate(
     stops = torch.tensor(sorted(stop_token_ids), dtype=torch.long, device=input_ids.device)
     ids: list[list[int]] = [[] for _ in range(rows)]
     for position in range(max_new_tokens):
-        chosen = choose(out.logits, sampling, generator)
+        chosen = choose(out.logits, sampling, generators)
         chosen = torch.where(done, torch.full_like(chosen, pad_token_id), chosen)
         embeds = None
         if hook is not None:

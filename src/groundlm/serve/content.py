@@ -171,4 +171,4 @@ def to_decoding(request: ChatCompletionRequest, limits: Limits) -> Decoding:
         raise bad_request("stop takes at most 4 non-empty strings", param="stop")
     temperature = 0.0 if request.temperature is None else float(request.temperature)
     top_p = 1.0 if request.top_p is None else float(request.top_p)
-    return Decoding(max_tokens, Sampling(temperature, top_p), tuple(stop))
+    return Decoding(max_tokens, Sampling(temperature, top_p, request.seed), tuple(stop))

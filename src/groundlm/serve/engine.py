@@ -8,8 +8,8 @@ server fault. `run` is called by the batcher's single worker thread with jobs th
 Decoding is `GroundLM.generate`, the same left-padded batched decoding (and mask decoding) as
 `GroundLM.ask_many`, so the API returns what `ask` returns. A non-zero `temperature` (with `top_p` > 0)
 samples instead: the logits are divided by the temperature and tokens are drawn from the smallest set whose
-probability reaches `top_p` (nucleus sampling), per request, without a fixed seed, so the same request can give
-different answers. A job with `on_text` receives its answer's text piece by piece while it is decoded (called
+probability reaches `top_p` (nucleus sampling); with the request's `seed` its draws repeat (each row of a batch
+draws from its own generator), without one the same request can give different answers. A job with `on_text` receives its answer's text piece by piece while it is decoded (called
 in the worker thread).
 """
 

@@ -2,9 +2,9 @@
 
 Requests: `messages` whose `content` is a string or a list of parts `{"type": "text", "text"}` and
 `{"type": "image_url", "image_url": {"url": "data:image/png;base64,..."}}`; `max_tokens` (or
-`max_completion_tokens`), `temperature`, `top_p`, `stop`, `stream`, `stream_options.include_usage`, and one
-groundlm extension, `boxes`: the boxes (pixels of the request's image) that `<box:i>` slots in the text point
-at. Other top-level OpenAI fields (`user`, `seed`, `presence_penalty`, ...) are accepted and ignored, so
+`max_completion_tokens`), `temperature`, `top_p`, `seed`, `stop`, `stream`, `stream_options.include_usage`,
+and one groundlm extension, `boxes`: the boxes (pixels of the request's image) that `<box:i>` slots in the text
+point at. Other top-level OpenAI fields (`user`, `presence_penalty`, ...) are accepted and ignored, so
 existing clients work; content parts are strict, since a part we do not understand would silently change
 the question.
 
@@ -78,6 +78,9 @@ class ChatCompletionRequest(BaseModel):
     max_completion_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, ge=0, le=1)
+    seed: int | None = Field(
+        None, ge=-(2**63), lt=2**63, description="sampling draws repeat for the same seed (greedy ignores it)"
+    )
     n: int | None = Field(None, ge=1, le=1, description="only 1 is supported")
     stop: str | list[str] | None = None
     stream: bool | None = False
