@@ -94,3 +94,13 @@ def test_export_command_refuses_a_model_llava_cannot_express(tmp_path):
     assert result.exit_code == 1
     assert "mlp2x_gelu" in result.output
     assert not (tmp_path / "llava").exists() or not any((tmp_path / "llava").iterdir())
+
+
+def test_export_command_refuses_a_file_or_a_non_empty_directory_as_out(tmp_path):
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("mine")
+    for out, says in ((tmp_path / "file", "is a file; a model is a directory"), (tmp_path / "full", "not empty")):
+        result = CliRunner().invoke(app, ["export", str(tmp_path / "no-model"), str(out)])
+        assert result.exit_code == 1 and says in result.output, result.output
+    assert (tmp_path / "full" / "keep.txt").read_text() == "mine"  # nothing lost

@@ -112,6 +112,9 @@ def test_cli_new_model_and_ask_json(tmp_path):
     assert bad.exit_code == 1 and "none.png" in bad.output
     again = runner.invoke(app, ["new-model", str(out)])
     assert again.exit_code == 1 and "not empty" in again.output
+    (tmp_path / "file").write_text("x")
+    on_a_file = runner.invoke(app, ["new-model", str(tmp_path / "file")])
+    assert on_a_file.exit_code == 1 and "is a file; a model is a directory" in on_a_file.output
 
 
 def test_console_script_runs_in_a_fresh_process(tiny_dir, tmp_path):

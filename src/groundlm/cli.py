@@ -27,6 +27,8 @@ def new_model_cmd(
 
     if preset not in PRESETS:
         _fail(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    if out.exists() and not out.is_dir():
+        _fail(f"{out} is a file; a model is a directory")
     if out.exists() and any(out.iterdir()) and not force:
         _fail(f"{out} exists and is not empty (use --force to overwrite)")
     new_model(out, preset, seed=seed)
@@ -180,6 +182,8 @@ def export_cmd(
     without heads (boxes written in the text)."""
     from .export import export_model
 
+    if out.exists() and not out.is_dir():
+        _fail(f"{out} is a file; a model is a directory")
     if out.exists() and any(out.iterdir()) and not force:
         _fail(f"{out} exists and is not empty (use --force to overwrite)")
     try:
