@@ -124,6 +124,23 @@ def test_parse_spaced_decoded_text():
     assert CODEC.strip(text) == "a cat on a mat"
 
 
+def test_unk_inside_a_box_or_after_the_phrase_keeps_the_box_and_the_phrase():
+    box = (0.01, 0.02, 0.03, 0.04)
+    assert [(o.phrase, o.box_norm) for o in CODEC.parse("<p>a cat</p><unk> {<1><2><unk><3><4>}")] == [("a cat", box)]
+    assert CODEC.strip("<p>a cat</p><unk> {<1><2><3><4>} here<unk>") == "a cat here"
+
+
+def test_long_unk_runs_parse_and_strip_in_linear_time():
+    import time
+
+    # Between other text, so no anchored match can swallow the run at once; was 1.7 s each at 50k characters.
+    text = "x" + "<unk>" * 200_000 + "y {<1><2><3><4>}"  # 1 MB
+    start = time.perf_counter()
+    assert len(CODEC.parse(text)) == 1
+    assert CODEC.strip(text) == "xy"
+    assert time.perf_counter() - start < 1.0
+
+
 def test_parse_tolerances_and_choices():
     # <unk> at either end (sentencepiece decodes of MiniGPT-v2 answers).
     assert [o.box_norm for o in CODEC.parse("<unk>{<1><2><3><4>}<unk> ")] == [(0.01, 0.02, 0.03, 0.04)]
