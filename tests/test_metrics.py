@@ -64,6 +64,18 @@ def test_rec_threshold_is_configurable():
     assert rec.is_hit(0.5) and not rec.is_hit(0.5, rec.SHIKRA) and rec.is_hit(0.5 + 1e-6, rec.SHIKRA)
 
 
+def test_minigptv2_answer_reading_takes_only_one_leading_box():
+    read = rec.minigptv2_answer_box
+    assert read("<unk> {<10> <20> <50> <60>}<unk>", 200, 100) == approx((20, 20, 100, 60))
+    assert read("{<50><60><40><70>}", 100, 100) == approx((50, 60, 40, 70))  # corners as written
+    assert read("the cat {<10><20><50><60>}", 200, 100) is None  # not at the start
+    assert read("{<0><0><10><10>}<delim>{<50><50><60><60>}", 100, 100) is None  # 8 numbers
+    assert read("{<10><20><50><60>} left of 2 dogs", 100, 100) is None  # 5 numbers
+    assert read("{<1000><20><50><60>}", 100, 100) is None  # 4 digits
+    # the lenient reading recovers what the strict one calls a miss
+    assert rec.text_to_box("the cat {<10><20><50><60>}", 200, 100) == approx((20, 20, 100, 60))
+
+
 def test_text_to_box_maps_back_to_original_pixels():
     # Resize frame: x / 100 * W, y / 100 * H.
     assert rec.text_to_box("{<10><20><50><60>}", 200, 100) == approx((20, 20, 100, 60))

@@ -30,6 +30,7 @@ from .rec import (
     IoUConvention,
     RecResult,
     is_hit,
+    minigptv2_answer_box,
     rec_accuracy,
     text_to_box,
 )
@@ -66,6 +67,7 @@ __all__ = [
     "pope_metrics",
     "rec_accuracy",
     "segmentation_scores",
+    "minigptv2_answer_box",
     "text_to_box",
     "text_to_pairs",
     "vizwiz_accuracy",

@@ -22,6 +22,7 @@ docs/evaluation.md).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -136,14 +137,40 @@ def text_to_box(
     mode: Literal["resize", "pad"] = "resize",
     codec: TextLocationCodec | None = None,
 ) -> Box | None:
-    """The first box written in a generated answer, as xyxy pixels of the original `width x height` image.
+    """The first box written anywhere in a generated answer, as xyxy pixels of the original `width x height`
+    image (groundlm's lenient reading; `minigptv2_answer_box` is MiniGPT-v2's strict one).
 
-    The answer is parsed with the text location codec (`{<x1><y1><x2><y2>}`, default 100 bins) and mapped
-    back through `geometry.Frame(width, height, mode)`: "resize" for MiniGPT-v2's stretched square input,
-    "pad" for LLaVA's pad-to-square. Returns None when no box can be read (a miss for `rec_accuracy`).
-    If the answer holds several boxes only the first is scored (MiniGPT-v2 reads the box at the start).
+    The answer is parsed with the text location codec (`{<x1><y1><x2><y2>}`, default 100 bins; swapped corners
+    put in order) and mapped back through `geometry.Frame(width, height, mode)`: "resize" for MiniGPT-v2's
+    stretched square input, "pad" for LLaVA's pad-to-square. Returns None when no box can be read (a miss for
+    `rec_accuracy`). If the answer holds several boxes only the first is scored.
     """
     objects = (codec or TextLocationCodec()).parse(text)
     if not objects:
         return None
     return Frame(width, height, mode).denormalize(objects[0].box_norm)
+
+
+# MiniGPT-v2's eval_ref.py: the answer must start with one brace pair of four 1-3 digit numbers.
+_MINIGPT_V2_ANSWER = re.compile(r"\{<\d{1,3}><\d{1,3}><\d{1,3}><\d{1,3}>\}")
+_DIGITS = re.compile(r"\d+")
+
+
+def minigptv2_answer_box(text: str, width: int, height: int, res: float = 100.0) -> Box | None:
+    """The box MiniGPT-v2's own REC evaluation reads from an answer, in pixels of the original image, or None.
+
+    Its rule (docs/evaluation.md): remove every `<unk>` and every space; the answer must *start* with
+    `{<a><b><c><d>}` (1-3 digits each), and the whole answer must hold exactly 4 numbers, else it is a miss;
+    the numbers are divided by `res` (100) and scaled by the original width and height, corners as written
+    (not reordered). Stricter than `text_to_box`, which takes the first box anywhere.
+    """
+    if not isinstance(text, str):
+        return None
+    answer = text.replace("<unk>", "").replace(" ", "")
+    if not _MINIGPT_V2_ANSWER.match(answer):
+        return None
+    numbers = _DIGITS.findall(answer)
+    if len(numbers) != 4:
+        return None
+    x1, y1, x2, y2 = (int(n) / res for n in numbers)
+    return (x1 * width, y1 * height, x2 * width, y2 * height)
