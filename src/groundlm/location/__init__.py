@@ -10,6 +10,7 @@ docs/location-codecs.md compares them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 from .codec import DecodeHook, LocationCodec, LocationInputs
@@ -19,26 +20,27 @@ from .setup import add_location_tokens, location_head_settings
 from .text import TextLocationCodec
 from .tokens import TokenLocationCodec
 
-# name -> constructor taking `bins` (the embedding codec has no bins)
-CODECS = {
-    "text": lambda bins: TextLocationCodec(bins=bins),
-    "tokens": lambda bins: TokenLocationCodec(bins=bins),
-    "embedding": lambda bins: EmbeddingLocationCodec(),
+class _CodecSettings(Protocol):
+    location_codec: str
+    location_bins: int
+    image_size: int  # the model's square input side, for formats written in pixels of it
+
+
+# name -> constructor taking the config's settings (each takes what its format needs)
+CODECS: dict[str, Callable[[_CodecSettings], LocationCodec]] = {
+    "text": lambda c: TextLocationCodec(bins=c.location_bins),
+    "tokens": lambda c: TokenLocationCodec(bins=c.location_bins),
+    "embedding": lambda c: EmbeddingLocationCodec(),
 }
 CODEC_NAMES = tuple(CODECS)
 
 
-class _CodecSettings(Protocol):
-    location_codec: str
-    location_bins: int
-
-
 def make_codec(config: _CodecSettings) -> LocationCodec:
-    """The codec a config names (`location_codec`, default text), with its `location_bins`."""
+    """The codec a config names (`location_codec`, default text), built from the settings it needs."""
     name = getattr(config, "location_codec", "text")
     if name not in CODECS:
         raise ValueError(f"unknown location_codec {name!r}; choose one of {', '.join(CODEC_NAMES)}")
-    return CODECS[name](config.location_bins)
+    return CODECS[name](config)
 
 
 __all__ = [
