@@ -20,6 +20,7 @@ from .setup import add_location_tokens, location_head_settings
 from .text import TextLocationCodec
 from .tokens import TokenLocationCodec
 
+
 class _CodecSettings(Protocol):
     location_codec: str
     location_bins: int
