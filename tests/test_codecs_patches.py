@@ -172,6 +172,9 @@ def test_out_of_range_values_are_dropped():
 
 
 def test_swapped_corners_are_ordered():
+    swapped = [(0.9, 0.8, 0.1, 0.2)]
+    for codec in CODECS:
+        assert codec.render("<box:0>", swapped) == codec.render("<box:0>", [(0.1, 0.2, 0.9, 0.8)])
     (obj,) = Florence2LocationCodec().parse("a<loc_900><loc_800><loc_100><loc_200>")
     assert obj.box_norm == pytest.approx((0.1005, 0.2005, 0.9005, 0.8005))
     (obj,) = PaliGemmaLocationCodec().parse("<loc1023><loc1023><loc0000><loc0000> a")

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from .codec import WrittenLocations
 from .objects import GroundedObject
 from .phrased import phrase_of, render_groups
-from .scan import check_bins, markup, ordered, tidy
+from .scan import check_bins, checked_box, markup, ordered, tidy
 from .tokens import TokenLocationCodec
 
 _LOC = re.compile(r"<\s*loc_(\d{1,9})\s*>")
@@ -53,7 +53,7 @@ class Florence2LocationCodec(WrittenLocations):
         grid = self.grid
 
         def write(words, boxes, before, follows):
-            tokens = "".join(grid.render_box(b) for b in boxes)
+            tokens = "".join(grid.render_box(ordered(checked_box(b))) for b in boxes)
             return before, tokens if words is None else " ".join(words.split()) + tokens
 
         return render_groups(content, boxes_norm, write)
