@@ -1,8 +1,11 @@
-"""Locations in text and in the model: the `LocationCodec` protocol, its three codecs, grounded objects.
+"""Locations in text and in the model: the `LocationCodec` protocol, its codecs, grounded objects.
 
 - `text` (MiniGPT-v2): `{<x1><y1><x2><y2>}`, integers 0..bins (`text.py`);
-- `tokens` (Kosmos-2 / PaliGemma / Florence-2 style): four `<loc_k>` tokens (`tokens.py`);
-- `embedding` (NExT-Chat): a trigger `<at>` and a slot `<boxes>` whose embedding encodes the box (`embedding.py`).
+- `tokens` (groundlm's own): `<p>phrase</p>` and four `<loc_k>` tokens, `bins` of them (`tokens.py`);
+- `embedding` (NExT-Chat): a trigger `<at>` and a slot `<boxes>` whose embedding encodes the box (`embedding.py`);
+- the published formats, each as its model writes it: `kosmos2` (`<phrase>`/`<object>` with 32x32 patch
+  indices, `kosmos2.py`), `florence2` (`car<loc_52>...`, 1000 bins, `florence2.py`), `paligemma` (`<loc0256>`
+  tokens y-first, 1024 of them, `paligemma.py`); `phrased.py` holds what they share.
 
 `make_codec` is the one place that knows the names; everything else uses the protocol (`codec.py`).
 docs/location-codecs.md compares them.
@@ -15,7 +18,10 @@ from typing import Protocol
 
 from .codec import DecodeHook, LocationCodec, LocationInputs
 from .embedding import EmbeddingLocationCodec
+from .florence2 import Florence2LocationCodec
+from .kosmos2 import Kosmos2LocationCodec
 from .objects import BoxNorm, GroundedObject
+from .paligemma import PaliGemmaLocationCodec
 from .setup import add_location_tokens, location_head_settings
 from .text import TextLocationCodec
 from .tokens import TokenLocationCodec
@@ -32,6 +38,10 @@ CODECS: dict[str, Callable[[_CodecSettings], LocationCodec]] = {
     "text": lambda c: TextLocationCodec(bins=c.location_bins),
     "tokens": lambda c: TokenLocationCodec(bins=c.location_bins),
     "embedding": lambda c: EmbeddingLocationCodec(),
+    # published formats (issue 18), each with its own fixed grid
+    "kosmos2": lambda c: Kosmos2LocationCodec(),
+    "florence2": lambda c: Florence2LocationCodec(),
+    "paligemma": lambda c: PaliGemmaLocationCodec(),
 }
 CODEC_NAMES = tuple(CODECS)
 
@@ -49,9 +59,12 @@ __all__ = [
     "BoxNorm",
     "DecodeHook",
     "EmbeddingLocationCodec",
+    "Florence2LocationCodec",
     "GroundedObject",
+    "Kosmos2LocationCodec",
     "LocationCodec",
     "LocationInputs",
+    "PaliGemmaLocationCodec",
     "TextLocationCodec",
     "TokenLocationCodec",
     "add_location_tokens",
