@@ -10,11 +10,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from groundlm.location.internvl import InternVLLocationCodec
+from groundlm.location.qwen2_5_vl import Qwen25VLLocationCodec
 from groundlm.location.qwen2_vl import Qwen2VLLocationCodec
 from groundlm.location.qwen_vl import QwenVLLocationCodec
 
 CODECS = [QwenVLLocationCodec(), Qwen2VLLocationCodec(), InternVLLocationCodec()]
 IDS = ["qwen_vl", "qwen2_vl", "internvl"]
+# the codecs whose output is tags around the words (Qwen2.5-VL's answer is JSON alone)
+TAGGED = list(CODECS)
+QWEN25 = Qwen25VLLocationCodec(size=448)
+CODECS.append(QWEN25)
+IDS.append("qwen2_5_vl")
 EPS = 1e-12
 
 unit = st.floats(min_value=0, max_value=1, allow_nan=False, allow_infinity=False)
@@ -166,7 +172,7 @@ def test_round_trip_within_half_a_bin(groups):
         text = codec.render(content, all_boxes)
         objs = codec.parse(text)
         assert [o.phrase for o in objs] == [p for p, _ in want]
-        half = 0.5 / codec.bins + EPS
+        half = 0.5 / (codec.size if codec is QWEN25 else codec.bins) + EPS
         assert all(abs(a - b) <= half for o, (_, b) in zip(objs, want, strict=True)
                    for a, b in zip(o.box_norm, b, strict=True))
         # a parsed box is a fixed point of rendering
@@ -194,6 +200,13 @@ def test_parse_of_non_strings_gives_nothing():
 
 
 ADVERSARIAL = [
+    '"bbox_2d": [' * 80_000,
+    '{"label": "' + "x" * 1_000_000,
+    '{"label": "\\' * 80_000,
+    '"bbox_2d": [1, 2, 3, ' * 50_000,
+    "{" * 1_000_000,
+    "{ }" * 330_000,
+    '{a}"label": null' * 60_000,
     "<ref>" * 200_000,
     "<box>" * 200_000,
     "<|box_start|>(" * 80_000,
@@ -222,7 +235,7 @@ def test_one_megabyte_of_adversarial_text_parses_fast(codec, text):
 # ---- strip and tokens -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("codec", CODECS, ids=IDS)
+@pytest.mark.parametrize("codec", TAGGED, ids=IDS[:3])
 def test_strip_removes_the_markup(codec):
     text = codec.render(RECORD + " here <box:0>.", RECORD_BOXES)
     assert codec.strip(text) == "the cat and two dogs here."
@@ -234,4 +247,55 @@ def test_tokens():
     assert InternVLLocationCodec().special_tokens() == tags == InternVLLocationCodec().added_tokens()
     q2 = ["<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>", "<|box_end|>"]
     assert Qwen2VLLocationCodec().special_tokens() == q2 == Qwen2VLLocationCodec().added_tokens()
+    assert QWEN25.special_tokens() == [] == QWEN25.added_tokens()
     assert all(c.coordinate_tokens() is None and c.has_heads is False for c in CODECS)
+
+
+# ---- Qwen2.5-VL -------------------------------------------------------------------------------------------
+
+
+def test_qwen2_5_vl_published_example_parses_to_its_boxes():
+    text = '```json\n[{"bbox_2d": [139, 768, 315, 954], "label": "small cake"}]\n```'
+    assert close(found(Qwen25VLLocationCodec(size=1000).parse(text)), [("small cake", q1000(139, 768, 315, 954))])
+    assert close(found(Qwen25VLLocationCodec(size=980).parse(text)),
+                 [("small cake", tuple(v / 980 for v in (139, 768, 315, 954)))])
+
+
+def test_render_record_qwen2_5_vl_literally():
+    codec = Qwen25VLLocationCodec(size=1000)
+    assert codec.render(RECORD, RECORD_BOXES) == (
+        '```json\n[{"bbox_2d": [100, 200, 300, 400], "label": "the cat"}, '
+        '{"bbox_2d": [0, 0, 1000, 1000], "label": "two dogs"}, '
+        '{"bbox_2d": [500, 250, 600, 750], "label": "two dogs"}]\n```'
+    )
+    assert Qwen25VLLocationCodec(size=1000, fence=False).render("<box:0>", RECORD_BOXES) == (
+        '[{"bbox_2d": [100, 200, 300, 400], "label": null}]'
+    )
+    # a prompt keeps its words and writes the box inline
+    assert codec.render("what is <p>this</p> <box:0>?", RECORD_BOXES, output=False) == (
+        "what is this [100, 200, 300, 400]?"
+    )
+
+
+def test_qwen2_5_vl_reads_broken_and_reordered_json():
+    codec = Qwen25VLLocationCodec(size=100)
+    text = (
+        'Sure: [{"label": "a \\"big\\" dog", "bbox_2d": [50, 60, 10, 20]}, {"bbox_2d": [1, 2, 3, 4], "label": ""},'
+        ' {"bbox_2d": [1, 2, 300, 4], "label": "too far"}, {"bbox_2d": [-1, 2, 3, 4]}, {"bbox_2d": [5, 6, 7, 8], "lab'
+    )
+    assert close(found(codec.parse(text)), [('a "big" dog', (0.1, 0.2, 0.5, 0.6)), (None, (0.01, 0.02, 0.03, 0.04)),
+                                            (None, (0.05, 0.06, 0.07, 0.08))])
+    strip = codec.strip
+    assert strip(text) == 'a "big" dog'
+    assert strip("```json\nno objects\n```") == "no objects"
+
+
+def test_qwen2_5_vl_quantises_pixels_of_the_input():
+    codec = Qwen25VLLocationCodec(size=448)
+    assert codec.quantize((0.0, 0.5, 0.9999, 1.0)) == (0, 224, 448, 448)
+    assert codec.dequantize((0, 224, 448, 112)) == (0.0, 0.5, 1.0, 0.25)
+    assert codec.frame == "resize"
+    with pytest.raises(TypeError):
+        Qwen25VLLocationCodec()  # the input side is required
+    with pytest.raises(ValueError):
+        Qwen25VLLocationCodec(size=0)
