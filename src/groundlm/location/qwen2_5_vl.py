@@ -36,7 +36,7 @@ from .objects import BoxNorm, GroundedObject
 from .qwen_vl import round_half_up
 from .scan import check_bins, checked_box, ordered, slot_box, tidy
 
-# optional sign and decimals so a negative or fractional number is seen (and dropped), never misread
+# optional sign and decimals: a negative number is seen whole (and dropped), a fractional pixel is read as it is
 _NUM = r"(-?\d{1,9}(?:\.\d{1,9})?)"
 _TOKENS = re.compile(
     rf'(?P<bbox>"bbox_2d"\s*:\s*\[\s*{_NUM}\s*,\s*{_NUM}\s*,\s*{_NUM}\s*,\s*{_NUM}\s*\])'
