@@ -1,0 +1,159 @@
+"""The location format of Qwen2.5-VL: a JSON list `[{"bbox_2d": [x1, y1, x2, y2], "label": "small cake"}]`,
+usually fenced in ```` ```json … ``` ````.
+
+Source: Qwen2.5-VL (QwenLM/Qwen2.5-VL README "absolute coordinate and JSON formats"; cookbooks/
+spatial_understanding.ipynb, read through a third-party copy). The numbers are integer ABSOLUTE PIXELS of the
+resized model input (the cookbook maps them back with `bbox_2d[0] / input_width * width`), i.e. of the original
+image squashed to the input, so `frame = "resize"`. Qwen's own processor picks the input size per image
+(`smart_resize`, multiples of 28); here the processor's input is the square `size` × `size` (a required keyword
+field, the processor's image_size), so `quantize` is `round(v * size)` (half up, clamped to 0..size) and
+`dequantize` is `px / size`, the cookbook's division. A number above `size` (or negative) drops its box.
+
+Rendering (our choice where nothing is published):
+- an assistant turn (`output=True`) with slots becomes the JSON list alone, one object per slot in order: a
+  phrase's slots get `"label": "<its words>"`, a bare slot `"label": null`; words outside the phrases are not
+  written (the published answers are the JSON alone). An answer without slots keeps its words (phrase tags
+  removed).
+- a user turn (`output=False`) keeps its words and writes each slot inline as its `[x1, y1, x2, y2]` array.
+
+Parsing never runs json.loads on the whole text (a model's JSON is often cut off or broken): one regex of
+bounded tokens (`{`, `}`, a `"bbox_2d": [4 numbers]` array, a `"label": "…"` of at most 500 characters or
+`null`) walks the text in order, and each `{ … }` gives one object with its bbox and label (either order; a bbox
+with no closing brace still counts). Only the bounded label string goes through json.loads. Linear in the text,
+never raises. An empty or null label gives phrase None; swapped corners are put in order.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from ..records import BOX_SLOT
+from .codec import WrittenLocations
+from .objects import BoxNorm, GroundedObject
+from .qwen_vl import round_half_up
+from .scan import check_bins, checked_box, ordered, slot_box, tidy
+
+# optional sign and decimals: a negative number is seen whole (and dropped), a fractional pixel is read as it is
+_NUM = r"(-?\d{1,9}(?:\.\d{1,9})?)"
+_TOKENS = re.compile(
+    rf'(?P<bbox>"bbox_2d"\s*:\s*\[\s*{_NUM}\s*,\s*{_NUM}\s*,\s*{_NUM}\s*,\s*{_NUM}\s*\])'
+    r'|"label"\s*:\s*(?:(?P<label>"(?:[^"\\]|\\.){0,500}")|(?P<null>null))'
+    # a run of braces is one object boundary: one token for it keeps `{{{{…` to one step
+    r"|(?P<edge>[{}][{}\s]*)",
+    re.DOTALL,
+)
+_PHRASE_RUN = re.compile(rf"(?:<p>(?P<words>[^<]*)</p>)?(?P<run>(?:{BOX_SLOT.pattern})+)")
+_PHRASE_TAGS = re.compile(r"</?p>")
+_FENCE = re.compile(r"```(?:json)?")
+
+
+def _label(token: str) -> str | None:
+    try:
+        value = json.loads(token)
+    except ValueError:  # a bad escape inside: keep the raw words
+        value = token[1:-1]
+    return " ".join(value.split()) or None if isinstance(value, str) else None
+
+
+@dataclass(frozen=True)
+class Qwen25VLLocationCodec(WrittenLocations):
+    """Boxes as JSON `{"bbox_2d": [x1, y1, x2, y2], "label": …}` in pixels of the `size`-square input."""
+
+    size: int = field(kw_only=True)  # the processor's square input side in pixels
+    fence: bool = True  # wrap an answer's JSON in ```json … ``` as Qwen2.5-VL writes it
+
+    # The numbers are pixels of the original image squashed to the model's input (no padding).
+    frame = "resize"
+
+    def __post_init__(self) -> None:
+        check_bins(self.size, 1)
+
+    def quantize(self, box_norm: Sequence[float]) -> tuple[int, int, int, int]:
+        """[0, 1] coordinates → pixels 0..size, `round(v * size)` half up."""
+        q = [round_half_up(v, self.size) for v in checked_box(box_norm)]
+        return (q[0], q[1], q[2], q[3])
+
+    def dequantize(self, q: Sequence[float]) -> BoxNorm:
+        """Pixels → [0, 1] coordinates, `px / size` as the cookbook divides by the input width/height."""
+        return (q[0] / self.size, q[1] / self.size, q[2] / self.size, q[3] / self.size)
+
+    def render(self, content: str, boxes_norm: Sequence[Sequence[float]], *, output: bool = True) -> str:
+        """See the module docstring: an answer with slots becomes the JSON list, a prompt keeps its words."""
+        if not output:
+            written = BOX_SLOT.sub(lambda s: "[{}, {}, {}, {}]".format(*self.quantize(slot_box(s, boxes_norm))),
+                                   content)
+            return _PHRASE_TAGS.sub("", written)
+        objects = []
+        for m in _PHRASE_RUN.finditer(content):
+            label = " ".join(m.group("words").split()) or None if m.group("words") is not None else None
+            for s in BOX_SLOT.finditer(m.group("run")):
+                bbox = list(self.quantize(slot_box(s, boxes_norm)))
+                objects.append(f'{{"bbox_2d": {json.dumps(bbox)}, "label": {json.dumps(label, ensure_ascii=False)}}}')
+        if not objects:
+            return _PHRASE_TAGS.sub("", content)
+        listed = "[" + ", ".join(objects) + "]"
+        return f"```json\n{listed}\n```" if self.fence else listed
+
+    def _box(self, numbers: Sequence[str]) -> BoxNorm | None:
+        values = [float(n) for n in numbers]
+        if min(values) < 0 or max(values) > self.size:
+            return None
+        return self.dequantize(ordered(values))
+
+    def parse(self, text: str, decoded: Sequence[Sequence[float]] = ()) -> list[GroundedObject]:
+        """The grounded objects of the JSON in `text`, in order; never raises. `decoded` is ignored."""
+        if not isinstance(text, str):
+            return []
+        try:
+            return self._parse(text)
+        except Exception:  # a parser of model output must not crash the caller
+            return []
+
+    def _parse(self, text: str) -> list[GroundedObject]:
+        objects: list[GroundedObject] = []
+        boxes: list[BoxNorm | None] = []  # the bboxes of the object being read (normally one)
+        label: str | None = None
+
+        for m in _TOKENS.finditer(text):
+            if m.group("edge"):
+                # an object boundary: what was read so far belongs to the object it ends
+                if boxes:
+                    objects.extend(GroundedObject(label, b) for b in boxes if b is not None)
+                    boxes = []
+                label = None
+            elif m.group("bbox"):
+                boxes.append(self._box(m.groups()[1:5]))
+            elif m.group("label"):
+                label = _label(m.group("label"))
+            else:
+                label = None
+        objects.extend(GroundedObject(label, b) for b in boxes if b is not None)
+        return objects
+
+    def strip(self, text: str) -> str:
+        """The answer for people: the labels of its objects joined by ", " when it holds boxes, else the text
+        without code fences."""
+        if not isinstance(text, str):
+            return ""
+        objects = self.parse(text)
+        if objects:
+            return ", ".join(o.phrase for o in objects if o.phrase)
+        return tidy(text, _FENCE)
+
+    def special_tokens(self) -> list[str]:
+        """None: the JSON is plain text."""
+        return []
+
+    def added_tokens(self) -> list[str]:
+        """None: the JSON is plain text."""
+        return []
+
+    def coordinate_tokens(self) -> list[str] | None:
+        """None: the coordinates are plain digits."""
+        return None
+
+
+__all__ = ["Qwen25VLLocationCodec"]
