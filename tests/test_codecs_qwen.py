@@ -243,11 +243,18 @@ def test_strip_removes_the_markup(codec):
 
 def test_tokens():
     tags = ["<ref>", "</ref>", "<box>", "</box>"]
-    assert QwenVLLocationCodec().special_tokens() == tags == QwenVLLocationCodec().added_tokens()
-    assert InternVLLocationCodec().special_tokens() == tags == InternVLLocationCodec().added_tokens()
+    numbers = [str(i) for i in range(1000)]
+    # a pretrained tokenizer gains the tags; a word-level one also needs the punctuation and the numbers
+    assert QwenVLLocationCodec().added_tokens() == tags
+    assert QwenVLLocationCodec().special_tokens() == [*tags, "(", ")", ",", *numbers]
+    assert InternVLLocationCodec().added_tokens() == tags
+    assert InternVLLocationCodec().special_tokens() == [*tags, "[", "]", ",", *numbers, "1000"]
     q2 = ["<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>", "<|box_end|>"]
-    assert Qwen2VLLocationCodec().special_tokens() == q2 == Qwen2VLLocationCodec().added_tokens()
-    assert QWEN25.special_tokens() == [] == QWEN25.added_tokens()
+    assert Qwen2VLLocationCodec().added_tokens() == q2
+    assert Qwen2VLLocationCodec().special_tokens() == [*q2, "(", ")", ",", *numbers]
+    assert QWEN25.added_tokens() == []
+    assert QWEN25.special_tokens()[:12] == ["`", "json", "[", "]", "{", "}", ":", ",", '"', "bbox_2d", "label", "null"]
+    assert QWEN25.special_tokens()[12:] == [str(i) for i in range(QWEN25.size + 1)]
     assert all(c.coordinate_tokens() is None and c.has_heads is False for c in CODECS)
 
 

@@ -5,7 +5,9 @@
 - `embedding` (NExT-Chat): a trigger `<at>` and a slot `<boxes>` whose embedding encodes the box (`embedding.py`);
 - the published formats, each as its model writes it: `kosmos2` (`<phrase>`/`<object>` with 32x32 patch
   indices, `kosmos2.py`), `florence2` (`car<loc_52>...`, 1000 bins, `florence2.py`), `paligemma` (`<loc0256>`
-  tokens y-first, 1024 of them, `paligemma.py`); `phrased.py` holds what they share.
+  tokens y-first, 1024 of them, `paligemma.py`), `qwen_vl` / `qwen2_vl` (`<ref>`/`<box>(x1,y1),(x2,y2)`, 0-999,
+  `qwen_vl.py`, `qwen2_vl.py`), `qwen2_5_vl` (JSON `bbox_2d` in pixels of the input, `qwen2_5_vl.py`),
+  `internvl` (`<ref>`/`<box>[[...]]`, 0-1000, `internvl.py`); `phrased.py` holds what the token formats share.
 
 `make_codec` is the one place that knows the names; everything else uses the protocol (`codec.py`).
 docs/location-codecs.md compares them.
@@ -19,9 +21,13 @@ from typing import Protocol
 from .codec import DecodeHook, LocationCodec, LocationInputs
 from .embedding import EmbeddingLocationCodec
 from .florence2 import Florence2LocationCodec
+from .internvl import InternVLLocationCodec
 from .kosmos2 import Kosmos2LocationCodec
 from .objects import BoxNorm, GroundedObject
 from .paligemma import PaliGemmaLocationCodec
+from .qwen2_5_vl import Qwen25VLLocationCodec
+from .qwen2_vl import Qwen2VLLocationCodec
+from .qwen_vl import QwenVLLocationCodec
 from .setup import add_location_tokens, location_head_settings
 from .text import TextLocationCodec
 from .tokens import TokenLocationCodec
@@ -42,6 +48,10 @@ CODECS: dict[str, Callable[[_CodecSettings], LocationCodec]] = {
     "kosmos2": lambda c: Kosmos2LocationCodec(),
     "florence2": lambda c: Florence2LocationCodec(),
     "paligemma": lambda c: PaliGemmaLocationCodec(),
+    "qwen_vl": lambda c: QwenVLLocationCodec(),
+    "qwen2_vl": lambda c: Qwen2VLLocationCodec(),
+    "qwen2_5_vl": lambda c: Qwen25VLLocationCodec(size=c.image_size),  # pixels of the model's input
+    "internvl": lambda c: InternVLLocationCodec(),
 }
 CODEC_NAMES = tuple(CODECS)
 
@@ -61,10 +71,14 @@ __all__ = [
     "EmbeddingLocationCodec",
     "Florence2LocationCodec",
     "GroundedObject",
+    "InternVLLocationCodec",
     "Kosmos2LocationCodec",
     "LocationCodec",
     "LocationInputs",
     "PaliGemmaLocationCodec",
+    "Qwen25VLLocationCodec",
+    "Qwen2VLLocationCodec",
+    "QwenVLLocationCodec",
     "TextLocationCodec",
     "TokenLocationCodec",
     "add_location_tokens",

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from .codec import WrittenLocations
 from .objects import BoxNorm, GroundedObject
 from .qwen_vl import NUM, RefBoxScan, pair_refs, render_slots, round_half_up
-from .scan import checked_box, ordered, tidy
+from .scan import checked_box, number_words, ordered, tidy
 
 _INNER = rf"\[\s*{NUM}(?:\s*,\s*{NUM})*\s*\]"
 _LIST = rf"\[\s*{_INNER}(?:\s*,\s*{_INNER})*\s*\]"
@@ -80,8 +80,8 @@ class InternVLLocationCodec(WrittenLocations):
         return tidy(text, _SCAN.markup) if isinstance(text, str) else ""
 
     def special_tokens(self) -> list[str]:
-        """The four tags."""
-        return list(_TAGS)
+        """The four tags, and for a word-level tokenizer the punctuation and the numbers 0..1000 of a box."""
+        return [*_TAGS, "[", "]", ",", *number_words(1000)]
 
     def added_tokens(self) -> list[str]:
         """The four tags: InternVL adds them to its tokenizer (train/constants.py)."""

@@ -34,13 +34,13 @@ from ..records import BOX_SLOT
 from .codec import WrittenLocations
 from .objects import BoxNorm, GroundedObject
 from .qwen_vl import round_half_up
-from .scan import check_bins, checked_box, ordered, slot_box, tidy
+from .scan import check_bins, checked_box, number_words, ordered, slot_box, tidy
 
 # optional sign and decimals: a negative number is seen whole (and dropped), a fractional pixel is read as it is
 _NUM = r"(-?\d{1,9}(?:\.\d{1,9})?)"
 _TOKENS = re.compile(
-    rf'(?P<bbox>"bbox_2d"\s*:\s*\[\s*{_NUM}\s*,\s*{_NUM}\s*,\s*{_NUM}\s*,\s*{_NUM}\s*\])'
-    r'|"label"\s*:\s*(?:(?P<label>"(?:[^"\\]|\\.){0,500}")|(?P<null>null))'
+    rf'(?P<bbox>"\s*bbox_2d\s*"\s*:\s*\[\s*{_NUM}\s*,\s*{_NUM}\s*,\s*{_NUM}\s*,\s*{_NUM}\s*\])'
+    r'|"\s*label\s*"\s*:\s*(?:(?P<label>"(?:[^"\\]|\\.){0,500}")|(?P<null>null))'
     # a run of braces is one object boundary: one token for it keeps `{{{{…` to one step
     r"|(?P<edge>[{}][{}\s]*)",
     re.DOTALL,
@@ -144,8 +144,8 @@ class Qwen25VLLocationCodec(WrittenLocations):
         return tidy(text, _FENCE)
 
     def special_tokens(self) -> list[str]:
-        """None: the JSON is plain text."""
-        return []
+        """For a word-level tokenizer: the JSON's punctuation and keys, and the pixel values 0..size."""
+        return ["`", "json", "[", "]", "{", "}", ":", ",", '"', "bbox_2d", "label", "null", *number_words(self.size)]
 
     def added_tokens(self) -> list[str]:
         """None: the JSON is plain text."""

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from ..records import BOX_SLOT
 from .codec import WrittenLocations
 from .objects import BoxNorm, GroundedObject
-from .scan import checked_box, ordered, slot_texts, tidy
+from .scan import checked_box, number_words, ordered, slot_texts, tidy
 
 # At most 9 digits, so a runaway number never reaches int()'s digit limit (which raises).
 NUM = r"(\d{1,9})"
@@ -158,12 +158,12 @@ class QwenVLLocationCodec(WrittenLocations):
         return tidy(text, self._compiled.markup) if isinstance(text, str) else ""
 
     def special_tokens(self) -> list[str]:
-        """The four tags."""
-        return [self.ref_open, self.ref_close, self.box_open, self.box_close]
+        """The four tags, and for a word-level tokenizer the punctuation and the numbers 0..999 of a box."""
+        return [*self.added_tokens(), "(", ")", ",", *number_words(999)]
 
     def added_tokens(self) -> list[str]:
         """The four tags: Qwen-VL's tokenizer has them as special tokens, so a pretrained one must gain them."""
-        return self.special_tokens()
+        return [self.ref_open, self.ref_close, self.box_open, self.box_close]
 
     def coordinate_tokens(self) -> list[str] | None:
         """None: the coordinates are plain digits."""

@@ -87,6 +87,12 @@ def ordered(q: Sequence[float]) -> tuple:
     return (x1, y1, x2, y2)
 
 
+def number_words(top: int, width: int = 0) -> list[str]:
+    """`0` … `top` as words (zero-padded to `width` digits): what a word-level tokenizer built from scratch
+    (tokenizer.py) needs in its vocabulary to write a format's coordinates as numbers."""
+    return [str(i).zfill(width) for i in range(top + 1)]
+
+
 def check_bins(bins: object, least: int) -> None:
     """Raise unless `bins` is an integer (not a bool) of at least `least`."""
     if isinstance(bins, bool) or not isinstance(bins, int) or bins < least:
@@ -123,4 +129,4 @@ def slot_texts(
     return [box_text(slot_box(s, boxes_norm)) for s in BOX_SLOT.finditer(slots)]
 
 
-__all__ = ["PHRASE_TOKENS", "check_bins", "check_four", "checked_box", "markup", "ordered", "pair", "scanner", "slot_box", "slot_texts", "tidy"]
+__all__ = ["PHRASE_TOKENS", "check_bins", "number_words", "check_four", "checked_box", "markup", "ordered", "pair", "scanner", "slot_box", "slot_texts", "tidy"]
