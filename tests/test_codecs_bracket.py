@@ -72,6 +72,13 @@ def test_cogvlm_published_examples():
     assert [o.box_norm for o in two] == [(0.086, 0.54, 0.4, 0.76), (0.212, 0.498, 0.787, 0.564)]
 
 
+def test_phrase_is_the_words_since_the_last_box_or_sentence_boundary():
+    codec = CODECS["shikra"]
+    box = "[0.100,0.200,0.300,0.400]"
+    text = f"There is a cat. <p>The dog</p> {box} sits; a bird {box}, {box} flies: {box}"
+    assert [o.phrase for o in codec.parse(text)] == ["The dog", "a bird", "a bird", None]
+
+
 # ---- quantisation -----------------------------------------------------------------------------------------
 
 
@@ -194,6 +201,9 @@ ADVERSARIAL = [
     "[1,2,3,4],[" * 90_909,
     "[[1,2,3,4],[" * 83_333,
     "[[0.1,0.2,0.3,0.4;" * 52_631,
+    "[0." + " " * 999_997,
+    "[ [ 1 , 2 , 3 , 4 ] , [ " * 40_000,
+    "[0 . 1 , " * 111_111,
     "<p>" * 333_333,
     "the cat " * 125_000,
     "[0.5, 0.5, 0.5, 0.5] " * 47_619,
@@ -226,4 +236,25 @@ def test_plain_text_tokens():
     for codec in CODECS.values():
         assert codec.added_tokens() == [] and codec.coordinate_tokens() is None
         assert codec.special_tokens()[:2] == ["<p>", "</p>"] and codec.has_heads is False
+    # tags, `[ ] , ; .`, the integer parts `0` `1`, the fractions `000` … `999`
+    assert len(CODECS["shikra"].special_tokens()) == 2 + 5 + 2 + 1000
+    assert CODECS["llava"].special_tokens()[-100:] == [f"{i:02d}" for i in range(100)]
+    assert "086" in CODECS["cogvlm"].special_tokens() and "86" not in CODECS["cogvlm"].special_tokens()
+    assert "999" in CODECS["ferret"].special_tokens() and "1000" not in CODECS["ferret"].special_tokens()
+
+
+@pytest.mark.parametrize("name", sorted(CODECS))
+def test_word_level_tokenizer_round_trip(name):
+    """A from-scratch model's tokenizer keeps every written piece (no <unk>) and its spaced decoding parses."""
+    from groundlm.tokenizer import build_word_tokenizer
+
+    codec = CODECS[name]
+    tokenizer = build_word_tokenizer(["the", "cat", "and", "two", "dogs"], tokens=codec.special_tokens())
+    text = codec.render(RECORD, RECORD_BOXES)
+    ids = tokenizer(text)["input_ids"]
+    assert tokenizer.unk_token_id not in ids
+    decoded = tokenizer.decode(ids, skip_special_tokens=True)
+    assert decoded != text  # the decoding is spaced out: `[ 0 . 100 , ...`
+    assert [(o.phrase, o.box_norm) for o in codec.parse(decoded)] == [(o.phrase, o.box_norm) for o in codec.parse(text)]
+    assert codec.strip(decoded) == "the cat and two dogs"
     assert [CODECS[n].frame for n in ("shikra", "llava", "ferret", "cogvlm")] == ["pad", "pad", "resize", "resize"]

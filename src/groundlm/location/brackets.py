@@ -37,8 +37,9 @@ gap between boxes once, so parsing stays linear.
 Several boxes of one location are joined by `joint`, either `;` inside one bracket pair or `], [` between
 pairs (Ferret); the scanner reads both in every codec, so `[a, b, c, d], [e, f, g, h]` is one location.
 
-Parsing is tolerant where writers differ: any whitespace around `,`, `;` and the brackets, any number of
-decimals (up to 20) for the float formats, plain integers `0`/`1` for them too. A box with a number out of
+Parsing is tolerant where writers differ: whitespace between any two tokens (`,`, `;`, `.`, each bracket;
+a word-level tokenizer decodes `[[086,540` as `[ [ 086 , 540`), up to 20 decimals for the float formats and
+plain integers `0`/`1` for them too. A box with a number out of
 range (above 1, or above 999) is dropped, swapped corners are put in order, and parsing never raises. Numbers
 are bounded runs (at most 9 integer digits), and every location starts at `[` with unambiguous separators, so
 a failed attempt scans at most to the next `[`: linear time in the text.
@@ -100,7 +101,8 @@ class _BracketCodec(WrittenLocations):
             raise ValueError(f"separator must be a comma with optional spaces, got {self.separator!r}")
         if not re.fullmatch(_JOINT, self.joint):
             raise ValueError(f"joint must be ';' or '], [' with optional spaces, got {self.joint!r}")
-        opener, closer = (re.escape(b) for b in self._brackets())
+        # whitespace may stand between any two tokens: a word-level tokenizer decodes `[[1,2` as `[ [ 1 , 2`
+        opener, closer = (r"\s*".join(map(re.escape, b)) for b in self._brackets())
         box = rf"{number}(?:{_COMMA}{number}){{3}}"
         location = rf"{opener}\s*{box}(?:{_JOINT}{box})*\s*{closer}"
         # frozen dataclass: set the derived regexes once, after the fields are known
@@ -128,7 +130,7 @@ class _BracketCodec(WrittenLocations):
 
     def _boxes(self, location: str) -> list[BoxNorm]:
         # the location matched the scanner, so its numbers are its runs of digits and dots, 4 per box
-        numbers = _NUMBER.findall(location)
+        numbers = _NUMBER.findall("".join(location.split()))  # `0 . 5` (word-level decoding) is 0.5
         boxes = [self._box(numbers[i : i + 4]) for i in range(0, len(numbers), 4)]
         return [box for box in boxes if box is not None]
 
@@ -162,8 +164,12 @@ class _BracketCodec(WrittenLocations):
         return tidy(text, self._run)
 
     def special_tokens(self) -> list[str]:
-        """`<p>`, `</p>` (record markup a word-level tokenizer meets) and the bracket punctuation."""
-        return [*PHRASE_TOKENS, "[", "]", ",", ";"]
+        """What a word-level tokenizer needs as entries: `<p>`, `</p>` (record markup), the punctuation of
+        the format, and every digit string it writes (that tokenizer splits `0.123` into `0`, `.`, `123`)."""
+        return list(dict.fromkeys([*PHRASE_TOKENS, "[", "]", ",", ";", ".", *self._digit_strings()]))
+
+    def _digit_strings(self) -> list[str]:
+        raise NotImplementedError
 
     def added_tokens(self) -> list[str]:
         """None: the boxes are plain text a pretrained tokenizer already reads."""
@@ -172,6 +178,11 @@ class _BracketCodec(WrittenLocations):
     def coordinate_tokens(self) -> list[str] | None:
         """None: a coordinate is several characters, not one token."""
         return None
+
+
+def _check_count(name: str, value: object, least: int, most: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not least <= value <= most:
+        raise ValueError(f"{name} must be an integer in {least}..{most}, got {value!r}")
 
 
 def _phrase(gap: str) -> str | None:
@@ -195,11 +206,17 @@ class ShikraLocationCodec(_BracketCodec):
     _run: re.Pattern[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        check_bins(self.decimals, 1)
-        self._compile(r"\d{1,9}(?:\.\d{0,20})?")
+        _check_count("decimals", self.decimals, 1, 6)  # 10**decimals digit strings are tokenizer entries
+        # a digit must follow the spaces after `.`: two optional space runs side by side could split one
+        # whitespace run in many ways, which backtracking would try one by one
+        self._compile(r"\d{1,9}(?:\s*\.(?:\s*\d{1,20})?)?")
 
     def _brackets(self) -> tuple[str, str]:
         return "[", "]"
+
+    def _digit_strings(self) -> list[str]:
+        # integer parts 0 and 1, then every fraction of `decimals` digits
+        return ["0", "1", *(f"{i:0{self.decimals}d}" for i in range(10**self.decimals))]
 
     def quantize(self, box_norm: Sequence[float]) -> tuple[float, float, float, float]:
         """Clamp to [0, 1] and round to `decimals` (Shikra's `norm_box_xyxy` then `round(v, 3)`)."""
@@ -243,10 +260,14 @@ class FerretLocationCodec(_BracketCodec):
 
     def __post_init__(self) -> None:
         check_bins(self.bins, 2)
+        _check_count("digits", self.digits, 0, 9)
         self._compile(r"\d{1,9}")
 
     def _brackets(self) -> tuple[str, str]:
         return ("[[", "]]") if self.double else ("[", "]")
+
+    def _digit_strings(self) -> list[str]:
+        return [f"{q:0{self.digits}d}" if self.digits else str(q) for q in range(self.bins)]
 
     def quantize(self, box_norm: Sequence[float]) -> tuple[int, int, int, int]:
         """[0, 1] → integers 0..bins-1 by truncation, `int(v * 1000)` as Ferret does, clamped to the range."""
