@@ -39,10 +39,12 @@ pairs (Ferret); the scanner reads both in every codec, so `[a, b, c, d], [e, f, 
 
 Parsing is tolerant where writers differ: whitespace between any two tokens (`,`, `;`, `.`, each bracket;
 a word-level tokenizer decodes `[[086,540` as `[ [ 086 , 540`), up to 20 decimals for the float formats and
-plain integers `0`/`1` for them too. A box with a number out of
-range (above 1, or above 999) is dropped, swapped corners are put in order, and parsing never raises. Numbers
-are bounded runs (at most 9 integer digits), and every location starts at `[` with unambiguous separators, so
-a failed attempt scans at most to the next `[`: linear time in the text.
+plain integers `0`/`1` for them too. A box with a number out of range (above 1, or above 999) is dropped,
+swapped corners are put in order, and parsing never raises. Linear time: numbers are bounded runs (at most 9
+integer digits), no two optional whitespace runs stand side by side, and a location starts only at its opening
+bracket. A failed attempt stops at the next opening bracket, except one over a chain of `], [`-joined boxes;
+with single brackets such a chain always matches (every box closes), and with `[[` it holds no other `[[`,
+so no text is scanned by two long attempts (the 1 MB adversarial tests check this).
 """
 
 from __future__ import annotations
