@@ -7,7 +7,9 @@
   indices, `kosmos2.py`), `florence2` (`car<loc_52>...`, 1000 bins, `florence2.py`), `paligemma` (`<loc0256>`
   tokens y-first, 1024 of them, `paligemma.py`), `qwen_vl` / `qwen2_vl` (`<ref>`/`<box>(x1,y1),(x2,y2)`, 0-999,
   `qwen_vl.py`, `qwen2_vl.py`), `qwen2_5_vl` (JSON `bbox_2d` in pixels of the input, `qwen2_5_vl.py`),
-  `internvl` (`<ref>`/`<box>[[...]]`, 0-1000, `internvl.py`); `phrased.py` holds what the token formats share.
+  `internvl` (`<ref>`/`<box>[[...]]`, 0-1000, `internvl.py`), and the bracket formats `shikra` / `llava`
+  (`[0.123,0.456,...]` floats) and `ferret` / `cogvlm` (`[302, 257, ...]`, `[[086,540,...]]`, 0-999) in
+  `brackets.py`; `phrased.py` holds what the token formats share.
 
 `make_codec` is the one place that knows the names; everything else uses the protocol (`codec.py`).
 docs/location-codecs.md compares them.
@@ -18,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
+from .brackets import CogVLMLocationCodec, FerretLocationCodec, LlavaLocationCodec, ShikraLocationCodec
 from .codec import DecodeHook, LocationCodec, LocationInputs
 from .embedding import EmbeddingLocationCodec
 from .florence2 import Florence2LocationCodec
@@ -52,6 +55,10 @@ CODECS: dict[str, Callable[[_CodecSettings], LocationCodec]] = {
     "qwen2_vl": lambda c: Qwen2VLLocationCodec(),
     "qwen2_5_vl": lambda c: Qwen25VLLocationCodec(size=c.image_size),  # pixels of the model's input
     "internvl": lambda c: InternVLLocationCodec(),
+    "shikra": lambda c: ShikraLocationCodec(),
+    "llava": lambda c: LlavaLocationCodec(),
+    "ferret": lambda c: FerretLocationCodec(),
+    "cogvlm": lambda c: CogVLMLocationCodec(),
 }
 CODEC_NAMES = tuple(CODECS)
 
@@ -67,18 +74,22 @@ def make_codec(config: _CodecSettings) -> LocationCodec:
 __all__ = [
     "CODEC_NAMES",
     "BoxNorm",
+    "CogVLMLocationCodec",
     "DecodeHook",
     "EmbeddingLocationCodec",
+    "FerretLocationCodec",
     "Florence2LocationCodec",
     "GroundedObject",
     "InternVLLocationCodec",
     "Kosmos2LocationCodec",
     "LocationCodec",
+    "LlavaLocationCodec",
     "LocationInputs",
     "PaliGemmaLocationCodec",
     "Qwen25VLLocationCodec",
     "Qwen2VLLocationCodec",
     "QwenVLLocationCodec",
+    "ShikraLocationCodec",
     "TextLocationCodec",
     "TokenLocationCodec",
     "add_location_tokens",
