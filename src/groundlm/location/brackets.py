@@ -56,7 +56,7 @@ from typing import ClassVar
 
 from .codec import WrittenLocations
 from .objects import BoxNorm, GroundedObject
-from .scan import PHRASE_TOKENS, check_bins, check_four, checked_box, markup, slot_texts, tidy
+from .scan import PHRASE_TOKENS, check_bins, check_four, checked_box, markup, never_raising, slot_texts, tidy
 
 # Far below one bin, far above float rounding error: exact grid values a hair below stay on their bin
 # (`0.29 * 1000` style rounding), as the text codec does.
@@ -140,12 +140,7 @@ class _BracketCodec(WrittenLocations):
         """The grounded objects of `text` in reading order; never raises (unparsable text gives []).
 
         `decoded` is ignored: the boxes are in the text."""
-        if not isinstance(text, str):
-            return []
-        try:
-            return self._parse(text)
-        except Exception:  # a parser of model output must not crash the caller
-            return []
+        return never_raising(self._parse, text)
 
     def _parse(self, text: str) -> list[GroundedObject]:
         objects: list[GroundedObject] = []

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from .codec import WrittenLocations
 from .objects import GroundedObject
 from .phrased import phrase_of, render_groups
-from .scan import check_bins, checked_box, markup, ordered, tidy
+from .scan import check_bins, checked_box, markup, never_raising, ordered, tidy
 from .tokens import TokenLocationCodec
 
 _LOC = re.compile(r"<\s*loc_(\d{1,9})\s*>")
@@ -60,12 +60,7 @@ class Florence2LocationCodec(WrittenLocations):
 
     def parse(self, text: str, decoded: Sequence[Sequence[float]] = ()) -> list[GroundedObject]:
         """The grounded objects of `text` in reading order; never raises. `decoded` is ignored."""
-        if not isinstance(text, str):
-            return []
-        try:
-            return self._parse(text)
-        except Exception:  # a parser of model output must not crash the caller
-            return []
+        return never_raising(self._parse, text)
 
     def _parse(self, text: str) -> list[GroundedObject]:
         objects: list[GroundedObject] = []

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from .codec import WrittenLocations
 from .objects import BoxNorm, GroundedObject
 from .phrased import phrase_of, render_groups
-from .scan import check_bins, checked_box, ordered, tidy
+from .scan import check_bins, checked_box, never_raising, ordered, tidy
 
 _PHRASE_OPEN, _PHRASE_CLOSE = "<phrase>", "</phrase>"
 _OBJECT_OPEN, _OBJECT_CLOSE = "<object>", "</object>"
@@ -111,12 +111,7 @@ class Kosmos2LocationCodec(WrittenLocations):
 
     def parse(self, text: str, decoded: Sequence[Sequence[float]] = ()) -> list[GroundedObject]:
         """The grounded objects of `text` in reading order; never raises. `decoded` is ignored."""
-        if not isinstance(text, str):
-            return []
-        try:
-            return self._parse(text)
-        except Exception:  # a parser of model output must not crash the caller
-            return []
+        return never_raising(self._parse, text)
 
     def _parse(self, text: str) -> list[GroundedObject]:
         n = self.num_patches_per_side

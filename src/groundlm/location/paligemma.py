@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from .codec import WrittenLocations
 from .objects import BoxNorm, GroundedObject
 from .phrased import phrase_of, render_groups
-from .scan import checked_box, ordered, tidy
+from .scan import checked_box, never_raising, ordered, tidy
 
 _STEPS = 1023  # big_vision's largest bin: v * 1023 rounds to 0..1023
 _SEPARATOR = " ; "
@@ -78,12 +78,7 @@ class PaliGemmaLocationCodec(WrittenLocations):
 
     def parse(self, text: str, decoded: Sequence[Sequence[float]] = ()) -> list[GroundedObject]:
         """The grounded objects of `text` in reading order; never raises. `decoded` is ignored."""
-        if not isinstance(text, str):
-            return []
-        try:
-            return self._parse(text)
-        except Exception:  # a parser of model output must not crash the caller
-            return []
+        return never_raising(self._parse, text)
 
     def _parse(self, text: str) -> list[GroundedObject]:
         objects: list[GroundedObject] = []

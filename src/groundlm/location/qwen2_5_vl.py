@@ -34,7 +34,7 @@ from ..records import BOX_SLOT
 from .codec import WrittenLocations
 from .objects import BoxNorm, GroundedObject
 from .qwen_vl import round_half_up
-from .scan import check_bins, checked_box, number_words, ordered, slot_box, tidy
+from .scan import check_bins, checked_box, never_raising, number_words, ordered, slot_box, tidy
 
 # optional sign and decimals: a negative number is seen whole (and dropped), a fractional pixel is read as it is
 _NUM = r"(-?\d{1,9}(?:\.\d{1,9})?)"
@@ -105,12 +105,7 @@ class Qwen25VLLocationCodec(WrittenLocations):
 
     def parse(self, text: str, decoded: Sequence[Sequence[float]] = ()) -> list[GroundedObject]:
         """The grounded objects of the JSON in `text`, in order; never raises. `decoded` is ignored."""
-        if not isinstance(text, str):
-            return []
-        try:
-            return self._parse(text)
-        except Exception:  # a parser of model output must not crash the caller
-            return []
+        return never_raising(self._parse, text)
 
     def _parse(self, text: str) -> list[GroundedObject]:
         objects: list[GroundedObject] = []

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from ..records import BOX_SLOT
 from .codec import WrittenLocations
 from .objects import BoxNorm, GroundedObject
-from .scan import checked_box, number_words, ordered, slot_texts, tidy
+from .scan import checked_box, number_words, ordered, pair, slot_texts, tidy
 
 # At most 9 digits, so a runaway number never reaches int()'s digit limit (which raises).
 NUM = r"(\d{1,9})"
@@ -74,27 +74,8 @@ class RefBoxScan:
 
 def pair_refs(text: str, scan: RefBoxScan, boxes_of: Callable[[re.Match[str]], list[BoxNorm]]) -> list[GroundedObject]:
     """The objects of `text`: each location span's boxes, owned by the phrase whose closing tag (or whose last
-    owned span) it follows with only whitespace in between. Never raises: garbage gives []."""
-    if not isinstance(text, str):
-        return []
-    try:
-        objects: list[GroundedObject] = []
-        phrase: str | None = None
-        owner_end = -1  # where the current phrase's run of spans may continue
-        for m in scan.pattern.finditer(text):
-            if m.group("phrase") is not None:
-                phrase = " ".join(m.group("words").split()) or None
-                owner_end = m.end()
-                continue
-            owned = owner_end >= 0 and not text[owner_end : m.start()].strip()
-            objects += [GroundedObject(phrase if owned else None, box) for box in boxes_of(m)]
-            if owned:
-                owner_end = m.end()
-            else:
-                phrase, owner_end = None, -1
-        return objects
-    except Exception:  # a parser of model output must not crash the caller
-        return []
+    owned span) it follows with only whitespace in between (`scan.pair`). Never raises: garbage gives []."""
+    return pair(text, scan.pattern, boxes_of, keeps_phrase_until=lambda _text, end: end)
 
 
 @dataclass(frozen=True)

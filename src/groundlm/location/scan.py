@@ -43,11 +43,17 @@ def pair(
     position that function gives (the embedding codec's `<at><boxes> <at>` runs of one phrase). Never raises:
     text that is not a string, or a failure inside, gives [] (garbage from a model means no objects).
     """
+    return never_raising(lambda t: _pair(t, pattern, boxes_of, keeps_phrase_until), text)
+
+
+def never_raising(read: Callable[[str], list[GroundedObject]], text: object) -> list[GroundedObject]:
+    """`read(text)`, or [] when `text` is not a string or reading it fails: a parser of model output must not
+    crash its caller, and garbage from a model means no objects."""
     if not isinstance(text, str):
         return []
     try:
-        return _pair(text, pattern, boxes_of, keeps_phrase_until)
-    except Exception:  # a parser of model output must not crash the caller
+        return read(text)
+    except Exception:  # any failure inside a parser means the text holds no readable objects
         return []
 
 
@@ -129,4 +135,4 @@ def slot_texts(
     return [box_text(slot_box(s, boxes_norm)) for s in BOX_SLOT.finditer(slots)]
 
 
-__all__ = ["PHRASE_TOKENS", "check_bins", "number_words", "check_four", "checked_box", "markup", "ordered", "pair", "scanner", "slot_box", "slot_texts", "tidy"]
+__all__ = ["PHRASE_TOKENS", "check_bins", "number_words", "check_four", "checked_box", "markup", "never_raising", "ordered", "pair", "scanner", "slot_box", "slot_texts", "tidy"]
