@@ -14,6 +14,7 @@ from groundlm.location.brackets import (
     LlavaLocationCodec,
     ShikraLocationCodec,
 )
+from tests.box_strategies import boxes
 
 CODECS = {
     "shikra": ShikraLocationCodec(),
@@ -25,14 +26,6 @@ CODECS = {
 BIN = {"shikra": 0.0005, "llava": 0.005, "ferret": 0.001, "cogvlm": 0.001}
 EPS = 1e-12
 
-unit = st.floats(min_value=0, max_value=1, allow_nan=False, allow_infinity=False)
-
-
-@st.composite
-def boxes(draw):
-    x1, x2 = sorted((draw(unit), draw(unit)))
-    y1, y2 = sorted((draw(unit), draw(unit)))
-    return (x1, y1, x2, y2)
 
 
 def close(a, b, tol=EPS):
@@ -215,11 +208,12 @@ ADVERSARIAL = [
 @pytest.mark.parametrize("text", ADVERSARIAL, ids=range(len(ADVERSARIAL)))
 def test_one_megabyte_of_adversarial_text_parses_and_strips_fast(name, text):
     codec = CODECS[name]
-    start = time.perf_counter()
+    # this process's CPU time: linear parsing is the claim, and a busy neighbour must not fail it
+    start = time.process_time()
     codec.parse(text)
-    parsed = time.perf_counter()
+    parsed = time.process_time()
     codec.strip(text)
-    assert parsed - start < 1.0 and time.perf_counter() - parsed < 1.0
+    assert parsed - start < 1.0 and time.process_time() - parsed < 1.0
 
 
 # ---- strip and tokens -------------------------------------------------------------------------------------

@@ -12,20 +12,13 @@ from hypothesis import strategies as st
 from groundlm.location.florence2 import Florence2LocationCodec
 from groundlm.location.kosmos2 import Kosmos2LocationCodec
 from groundlm.location.paligemma import PaliGemmaLocationCodec
+from tests.box_strategies import boxes
 
-unit = st.floats(min_value=0, max_value=1, allow_nan=False, allow_infinity=False)
 RECORD = "<p>the cat</p><box:0> and <p>two dogs</p><box:1><box:2>"
 RECORD_BOXES = [(0.0, 0.0, 0.5, 0.5), (0.1, 0.2, 0.3, 0.4), (0.5, 0.5, 1.0, 1.0)]
 CODECS = [Kosmos2LocationCodec(), Florence2LocationCodec(), PaliGemmaLocationCodec()]
 # the largest round-trip error of each codec: one cell, half a bin, half a step
 TOLERANCE = {"Kosmos2LocationCodec": 1 / 32, "Florence2LocationCodec": 0.5 / 1000, "PaliGemmaLocationCodec": 0.5 / 1023}
-
-
-@st.composite
-def boxes(draw):
-    x1, x2 = sorted((draw(unit), draw(unit)))
-    y1, y2 = sorted((draw(unit), draw(unit)))
-    return (x1, y1, x2, y2)
 
 
 # phrases of plain words (the formats cannot hold `<`, `;` or line breaks inside a phrase)
@@ -219,10 +212,11 @@ ADVERSARIAL = [
 @pytest.mark.parametrize("codec", CODECS, ids=lambda c: type(c).__name__)
 @pytest.mark.parametrize("text", ADVERSARIAL, ids=range(len(ADVERSARIAL)))
 def test_one_megabyte_of_adversarial_text_parses_in_under_a_second(codec, text):
-    start = time.perf_counter()
+    # this process's CPU time: linear parsing is the claim, and a busy neighbour must not fail it
+    start = time.process_time()
     codec.parse(text)
     codec.strip(text)
-    assert time.perf_counter() - start < 1.0
+    assert time.process_time() - start < 1.0
 
 
 # ---- strip and tokens -----------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from groundlm.location.internvl import InternVLLocationCodec
 from groundlm.location.qwen2_5_vl import Qwen25VLLocationCodec
 from groundlm.location.qwen2_vl import Qwen2VLLocationCodec
 from groundlm.location.qwen_vl import QwenVLLocationCodec
+from tests.box_strategies import boxes
 
 CODECS = [QwenVLLocationCodec(), Qwen2VLLocationCodec(), InternVLLocationCodec()]
 IDS = ["qwen_vl", "qwen2_vl", "internvl"]
@@ -23,14 +24,6 @@ CODECS.append(QWEN25)
 IDS.append("qwen2_5_vl")
 EPS = 1e-12
 
-unit = st.floats(min_value=0, max_value=1, allow_nan=False, allow_infinity=False)
-
-
-@st.composite
-def boxes(draw):
-    x1, x2 = sorted((draw(unit), draw(unit)))
-    y1, y2 = sorted((draw(unit), draw(unit)))
-    return (x1, y1, x2, y2)
 
 
 def q999(*q):
@@ -226,10 +219,11 @@ ADVERSARIAL = [
 @pytest.mark.parametrize("codec", CODECS, ids=IDS)
 @pytest.mark.parametrize("text", ADVERSARIAL, ids=range(len(ADVERSARIAL)))
 def test_one_megabyte_of_adversarial_text_parses_fast(codec, text):
-    start = time.perf_counter()
+    # this process's CPU time: linear parsing is the claim, and a busy neighbour must not fail it
+    start = time.process_time()
     codec.parse(text)
     codec.strip(text)
-    assert time.perf_counter() - start < 1.0
+    assert time.process_time() - start < 1.0
 
 
 # ---- strip and tokens -------------------------------------------------------------------------------------

@@ -8,18 +8,11 @@ from hypothesis import strategies as st
 
 from groundlm.geometry import Frame, box_iou, xywh_to_xyxy
 from groundlm.location import GroundedObject, TextLocationCodec
+from tests.box_strategies import boxes
 
 CODEC = TextLocationCodec()
 REALDATA = Path(__file__).resolve().parents[1].parent / "shared/realdata"
 
-unit = st.floats(min_value=0, max_value=1, allow_nan=False, allow_infinity=False)
-
-
-@st.composite
-def boxes(draw):
-    x1, x2 = sorted((draw(unit), draw(unit)))
-    y1, y2 = sorted((draw(unit), draw(unit)))
-    return (x1, y1, x2, y2)
 
 
 def spaced(text: str) -> str:
@@ -136,10 +129,11 @@ def test_long_unk_runs_parse_and_strip_in_linear_time():
 
     # Between other text, so no anchored match can swallow the run at once; was 1.7 s each at 50k characters.
     text = "x" + "<unk>" * 200_000 + "y {<1><2><3><4>}"  # 1 MB
-    start = time.perf_counter()
+    # this process's CPU time: linear parsing is the claim, and a busy neighbour must not fail it
+    start = time.process_time()
     assert len(CODEC.parse(text)) == 1
     assert CODEC.strip(text) == "xy"
-    assert time.perf_counter() - start < 1.0
+    assert time.process_time() - start < 1.0
 
 
 def test_parse_tolerances_and_choices():

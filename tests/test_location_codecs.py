@@ -13,16 +13,7 @@ from groundlm.data.shapes import scene_at, scene_records
 from groundlm.location import EmbeddingLocationCodec, TextLocationCodec, TokenLocationCodec, make_codec
 from groundlm.presets import build_model, get_preset
 from groundlm.processor import IGNORE_INDEX, ProcessorConfig
-
-unit = st.floats(min_value=0, max_value=1, allow_nan=False, allow_infinity=False)
-
-
-@st.composite
-def boxes(draw):
-    x1, x2 = sorted((draw(unit), draw(unit)))
-    y1, y2 = sorted((draw(unit), draw(unit)))
-    return (x1, y1, x2, y2)
-
+from tests.box_strategies import boxes
 
 # ---- tokens ----------------------------------------------------------------------------------------------
 

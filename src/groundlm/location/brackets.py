@@ -109,6 +109,10 @@ class _BracketCodec(WrittenLocations):
         location = rf"{opener}\s*{box}(?:{_JOINT}{box})*\s*{closer}"
         # frozen dataclass: set the derived regexes once, after the fields are known
         object.__setattr__(self, "_scan", re.compile(location))
+        # one box with no whitespace, the common case: its 4 numbers as groups, without splitting the text
+        number_group = f"({number})"
+        one = rf"{opener}{number_group}{_COMMA}{number_group}{_COMMA}{number_group}{_COMMA}{number_group}{closer}"
+        object.__setattr__(self, "_one", re.compile(one))
         # a run of locations of one phrase, removed as a whole by strip (with the `,`/`;` between them)
         object.__setattr__(self, "_run", markup(rf"{location}(?:\s*[,;]\s*{location})*"))
 
@@ -132,6 +136,10 @@ class _BracketCodec(WrittenLocations):
 
     def _boxes(self, location: str) -> list[BoxNorm]:
         # the location matched the scanner, so its numbers are its runs of digits and dots, 4 per box
+        one = self._one.fullmatch(location)
+        if one is not None:  # one box written tight: the common case, kept cheap for long answers
+            box = self._box(one.groups())
+            return [] if box is None else [box]
         numbers = _NUMBER.findall("".join(location.split()))  # `0 . 5` (word-level decoding) is 0.5
         boxes = [self._box(numbers[i : i + 4]) for i in range(0, len(numbers), 4)]
         return [box for box in boxes if box is not None]
@@ -146,11 +154,12 @@ class _BracketCodec(WrittenLocations):
         objects: list[GroundedObject] = []
         end = 0
         phrase: str | None = None
+        same_phrase = _SAME_PHRASE.fullmatch
         for m in self._scan.finditer(text):
-            gap = text[end : m.start()]
-            if not (end and _SAME_PHRASE.fullmatch(gap)):
-                phrase = _phrase(gap)
-            objects += [GroundedObject(phrase, box) for box in self._boxes(m.group(0))]
+            start = m.start()
+            if not (end and same_phrase(text, end, start)):  # in place: no copy of the gap per box
+                phrase = _phrase(text[end:start])
+            objects.extend(GroundedObject(phrase, box) for box in self._boxes(m.group(0)))
             end = m.end()
         return objects
 
@@ -282,10 +291,11 @@ class FerretLocationCodec(_BracketCodec):
 
     def _box(self, numbers: list[str]) -> BoxNorm | None:
         x1, y1, x2, y2 = map(int, numbers)
-        if max(x1, y1, x2, y2) >= self.bins:
+        bins = self.bins
+        if max(x1, y1, x2, y2) >= bins:
             return None
-        # swapped corners still span one box (scan.ordered, inlined: dense output parses many boxes)
-        return self.dequantize((min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2)))
+        # swapped corners still span one box; `dequantize` inlined: dense output parses many boxes
+        return (min(x1, x2) / bins, min(y1, y2) / bins, max(x1, x2) / bins, max(y1, y2) / bins)
 
 
 @dataclass(frozen=True)
