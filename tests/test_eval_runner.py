@@ -11,7 +11,7 @@ from groundlm.data.shapes import scene_at, scene_records
 from groundlm.evaluate.runner import EvalConfig, evaluate, read_predictions, rescore
 from groundlm.evaluate.scoring import score_predictions
 from groundlm.geometry import Frame
-from groundlm.location import TextLocationCodec
+from groundlm.location import CODEC_NAMES, TextLocationCodec
 
 runner = CliRunner()
 
@@ -123,3 +123,47 @@ def test_real_formats_run_through_their_importers(tiny_dir, tmp_path):
     assert counts["tp"] + counts["fn"] == 1  # one question is labelled yes
     with pytest.raises(ValueError, match="--data is required"):
         evaluate(lm, tmp_path / "x", EvalConfig(benchmark="pope"))
+
+
+def _raw_rows(codec, boxes, width=200, height=100):
+    """Prediction rows of `[refer]` records whose answers are raw text written by `codec` for `boxes`
+    (pixels; the first answer points at the wrong half of the image)."""
+    frame = Frame(width, height, "resize")
+    rows = []
+    for i, box in enumerate(boxes):
+        answered = box if i else [width - box[2], height - box[3], width - box[0], height - box[1]]
+        raw = codec.render("<p>the shape</p><box:0>", [frame.normalize(answered)])
+        rows.append({
+            "id": f"r{i}", "task": "refer", "image": None, "width": width, "height": height, "frame": "resize",
+            "prompt": "[refer] the shape", "reference": "<p>the shape</p><box:0>",
+            "objects": [{"box": box, "label": "shape"}], "meta": {},
+            "prediction": raw, "prediction_text": "", "prediction_objects": [],
+        })
+    return rows
+
+
+@pytest.mark.parametrize("name", [n for n in CODEC_NAMES if n != "embedding"])  # its boxes are not text
+def test_rescore_reads_raw_answers_in_any_location_format(name, tmp_path):
+    from groundlm.location import make_codec
+    from groundlm.processor import ProcessorConfig
+
+    codec = make_codec(ProcessorConfig(location_codec=name, image_size=224))
+    boxes = [[10, 10, 60, 40], [20, 30, 120, 90], [100, 5, 190, 50], [5, 50, 95, 95]]
+    path = tmp_path / "predictions.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in _raw_rows(codec, boxes)))
+    metrics = rescore(path, tmp_path / "out", codec=name, input_size=224)
+    assert metrics["refer"]["score"] == pytest.approx(3 / 4)  # the three right answers, read in their format
+    unread = rescore(path, tmp_path / "plain")  # without --codec the stored (empty) objects are scored
+    assert unread["refer"]["score"] == 0.0
+
+
+def test_cli_rescore_with_a_codec_and_a_clear_error_for_an_unknown_one(tmp_path):
+    from groundlm.location import QwenVLLocationCodec
+
+    path = tmp_path / "predictions.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in _raw_rows(QwenVLLocationCodec(), [[10, 10, 60, 40]] * 2)))
+    ok = CliRunner().invoke(app, ["eval", "--predictions", str(path), "--codec", "qwen_vl", "--out", str(tmp_path / "o")])
+    assert ok.exit_code == 0, ok.output
+    assert json.loads((tmp_path / "o" / "metrics.json").read_text())["refer"]["score"] == 0.5
+    bad = CliRunner().invoke(app, ["eval", "--predictions", str(path), "--codec", "pixels", "--out", str(tmp_path / "b")])
+    assert bad.exit_code == 1 and "unknown location_codec 'pixels'" in bad.output

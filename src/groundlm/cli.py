@@ -94,6 +94,9 @@ def eval_cmd(
     resume: bool = typer.Option(False, help="Continue a partial run in OUT."),
     convention: str = typer.Option("default", help="REC IoU convention: default (>= 0.5) or minigptv2."),
     predictions: Path = typer.Option(None, help="Re-score this predictions.jsonl without a model."),
+    codec: str = typer.Option(None, help="With --predictions: read the raw answers in this location format "
+                              "(text, qwen_vl, shikra, ...; docs/location-codecs.md)."),
+    input_size: int = typer.Option(224, help="With --codec qwen2_5_vl: the model input's side in pixels."),
 ) -> None:
     """Evaluate MODEL on a benchmark (or re-score --predictions); writes predictions, metrics and a report."""
     from .evaluate.report import metrics_table
@@ -101,7 +104,8 @@ def eval_cmd(
 
     try:
         if predictions is not None:
-            metrics = rescore(predictions, out, image_root=images, convention=convention)
+            metrics = rescore(predictions, out, image_root=images, convention=convention, codec=codec,
+                              input_size=input_size)
         else:
             if model is None:
                 _fail("give a MODEL directory, or --predictions FILE to re-score")

@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from ..data import importers
 from ..data.shapes import write_shapes
+from ..geometry import Frame
 from ..images import load_image
 from ..inference import GroundLM
 from ..records import Record, read_jsonl
@@ -167,15 +168,42 @@ def read_predictions(path: str | Path) -> list[dict]:
     return rows
 
 
+def reread(rows: list[dict], codec: str, *, input_size: int = 224, where: str = "predictions") -> list[dict]:
+    """`rows` with each raw answer (`prediction`) read again by the location codec named `codec`: its objects
+    (boxes mapped to the row's image through its `frame`) and its plain text, so another model's raw outputs are
+    scored in their own format. `input_size` is the model's input side, for formats in pixels of it."""
+    from ..location import make_codec
+    from ..processor import ProcessorConfig
+
+    reader = make_codec(ProcessorConfig(location_codec=codec, image_size=input_size))
+    out = []
+    for n, row in enumerate(rows, start=1):
+        text = row.get("prediction")
+        if not isinstance(text, str):
+            raise ValueError(f"{where}: row {n} ({row.get('id')!r}): no raw answer in field 'prediction'")
+        width, height = row.get("width"), row.get("height")
+        frame = Frame(width, height, row.get("frame") or "resize") if width and height else None
+        objects = reader.parse(text)
+        for obj in objects:
+            obj.box = tuple(frame.denormalize(obj.box_norm)) if frame is not None else None
+        out.append({**row, "prediction_text": reader.strip(text), "prediction_objects": [o.to_dict() for o in objects]})
+    return out
+
+
 def rescore(
-    predictions: str | Path, out: str | Path, *, image_root: Path | None = None, convention: str = "default"
+    predictions: str | Path, out: str | Path, *, image_root: Path | None = None, convention: str = "default",
+    codec: str | None = None, input_size: int = 224,
 ) -> dict:
-    """Score an existing predictions file (no model needed) and write `metrics.json` and `report.md`."""
+    """Score an existing predictions file (no model needed) and write `metrics.json` and `report.md`.
+
+    With `codec`, every raw answer is read again in that location format first (`reread`)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows = read_predictions(predictions)
     if not rows:
         raise ValueError(f"{predictions} holds no predictions")
+    if codec is not None:
+        rows = reread(rows, codec, input_size=input_size, where=str(predictions))
     metrics = score_predictions(rows, convention=iou_convention(convention))
     metrics_path = out / "metrics.json"
     tmp = metrics_path.with_suffix(".tmp")
