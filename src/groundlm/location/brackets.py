@@ -210,6 +210,7 @@ class ShikraLocationCodec(_BracketCodec):
     frame: ClassVar[str] = "pad"
     _scan: re.Pattern[str] = field(init=False, repr=False, compare=False)
     _run: re.Pattern[str] = field(init=False, repr=False, compare=False)
+    _one: re.Pattern[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         _check_count("decimals", self.decimals, 1, 6)  # 10**decimals digit strings are tokenizer entries
@@ -263,6 +264,7 @@ class FerretLocationCodec(_BracketCodec):
     frame: ClassVar[str] = "resize"
     _scan: re.Pattern[str] = field(init=False, repr=False, compare=False)
     _run: re.Pattern[str] = field(init=False, repr=False, compare=False)
+    _one: re.Pattern[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         check_bins(self.bins, 2)
