@@ -167,3 +167,80 @@ def test_cli_rescore_with_a_codec_and_a_clear_error_for_an_unknown_one(tmp_path)
     assert json.loads((tmp_path / "o" / "metrics.json").read_text())["refer"]["score"] == 0.5
     bad = CliRunner().invoke(app, ["eval", "--predictions", str(path), "--codec", "pixels", "--out", str(tmp_path / "b")])
     assert bad.exit_code == 1 and "unknown location_codec 'pixels'" in bad.output
+
+
+def _rows_with_answers(answers, box=(20, 20, 100, 60), width=200, height=100):
+    """`[refer]` prediction rows with the given raw answers, all for the same ground-truth box."""
+    return [{
+        "id": f"r{i}", "task": "refer", "image": None, "width": width, "height": height, "frame": "resize",
+        "prompt": "[refer] the shape", "reference": "<p>the shape</p><box:0>",
+        "objects": [{"box": list(box), "label": "shape"}], "meta": {},
+        "prediction": raw, "prediction_text": "", "prediction_objects": [],
+    } for i, raw in enumerate(answers)]
+
+
+def test_minigptv2_reading_counts_only_an_answer_that_starts_with_exactly_one_box(tmp_path):
+    answers = [
+        "{<10><20><50><60>}",  # read: (20, 20, 100, 60) on a 200 x 100 image
+        "<unk> {<10> <20><50><60>}<unk>",  # <unk> and spaces removed first: read
+        "the shape {<10><20><50><60>}",  # does not start with the box: a miss
+        "{<10><20><50><60>}<delim>{<10><20><50><60>}",  # eight numbers: a miss
+    ]
+    path = tmp_path / "predictions.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in _rows_with_answers(answers)))
+    strict = rescore(path, tmp_path / "strict", codec="text", reading="minigptv2")
+    assert strict["refer"]["score"] == pytest.approx(2 / 4)
+    anywhere = rescore(path, tmp_path / "codec", codec="text")  # the codec reads a box anywhere
+    assert anywhere["refer"]["score"] == pytest.approx(4 / 4)
+
+
+def test_lenient_reading_recovers_free_text_boxes_on_the_given_grid(tmp_path):
+    answers = [
+        "It is at [100, 200, 500, 600].",  # integers on the 0-1000 grid: (20, 20, 100, 60)
+        "the shape: (0.1, 0.2), (0.5, 0.6)",  # fractions, point pairs
+        "<ref>the shape</ref><box>(100,200),(500,600)</box>",  # the codec's own format comes first
+        "somewhere on the left",  # nothing to read: a miss
+    ]
+    path = tmp_path / "predictions.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in _rows_with_answers(answers)))
+    lenient = rescore(path, tmp_path / "lenient", codec="qwen_vl", reading="lenient")
+    assert lenient["refer"]["score"] == pytest.approx(3 / 4)
+    strict = rescore(path, tmp_path / "codec", codec="qwen_vl")
+    assert strict["refer"]["score"] == pytest.approx(1 / 4)
+    # MiniGPT-v2's 0-100 grid
+    path.write_text("".join(json.dumps(r) + "\n" for r in _rows_with_answers(["at [10, 20, 50, 60]"])))
+    assert rescore(path, tmp_path / "g", codec="text", reading="lenient", scale=100)["refer"]["score"] == 1.0
+
+
+def test_readings_never_raise_and_stay_linear_on_adversarial_text():
+    import time
+
+    from groundlm.evaluate.readings import READINGS, reader
+    from groundlm.location import QwenVLLocationCodec
+
+    adversarial = "[1, 2, 3, " * 100_000 + "(0.5, 0.5), (" * 50_000 + "{<1><2><3>" * 50_000
+    for name in READINGS:
+        codec_name, codec = ("text", TextLocationCodec()) if name == "minigptv2" else ("qwen_vl", QwenVLLocationCodec())
+        read = reader(name, codec_name, codec)
+        assert read(None) == [] and read("") == []
+        start = time.process_time()
+        assert read(adversarial) == []
+        assert time.process_time() - start < 1.0, name
+
+
+def test_cli_reading_options_and_their_errors(tmp_path):
+    path = tmp_path / "predictions.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in _rows_with_answers(["the shape {<10><20><50><60>}"])))
+    strict = runner.invoke(app, ["eval", "--predictions", str(path), "--codec", "text", "--reading", "minigptv2",
+                                 "--out", str(tmp_path / "o")])
+    assert strict.exit_code == 0, strict.output
+    assert json.loads((tmp_path / "o" / "metrics.json").read_text())["refer"]["score"] == 0.0
+    wrong_codec = runner.invoke(app, ["eval", "--predictions", str(path), "--codec", "qwen_vl", "--reading",
+                                      "minigptv2", "--out", str(tmp_path / "w")])
+    assert wrong_codec.exit_code == 1 and "use it with --codec text" in wrong_codec.output
+    no_codec = runner.invoke(app, ["eval", "--predictions", str(path), "--reading", "lenient", "--out",
+                                   str(tmp_path / "n")])
+    assert no_codec.exit_code == 1 and "give the --codec" in no_codec.output
+    unknown = runner.invoke(app, ["eval", "--predictions", str(path), "--codec", "text", "--reading", "loose",
+                                  "--out", str(tmp_path / "u")])
+    assert unknown.exit_code == 1 and "unknown reading 'loose'" in unknown.output

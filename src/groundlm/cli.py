@@ -97,6 +97,10 @@ def eval_cmd(
     codec: str = typer.Option(None, help="With --predictions: read the raw answers in this location format "
                               "(text, qwen_vl, shikra, ...; docs/location-codecs.md)."),
     input_size: int = typer.Option(224, help="With --codec qwen2_5_vl: the model input's side in pixels."),
+    reading: str = typer.Option("codec", help="With --codec: how answers are read: codec (its format anywhere), "
+                                "minigptv2 (MiniGPT-v2's strict rule, --codec text) or lenient (also free-text "
+                                "[a, b, c, d] / (a,b),(c,d)); evaluate/readings.py."),
+    scale: float = typer.Option(1000.0, help="With --reading lenient: the grid of free-text integer boxes."),
 ) -> None:
     """Evaluate MODEL on a benchmark (or re-score --predictions); writes predictions, metrics and a report."""
     from .evaluate.report import metrics_table
@@ -105,7 +109,7 @@ def eval_cmd(
     try:
         if predictions is not None:
             metrics = rescore(predictions, out, image_root=images, convention=convention, codec=codec,
-                              input_size=input_size)
+                              input_size=input_size, reading=reading, scale=scale)
         else:
             if model is None:
                 _fail("give a MODEL directory, or --predictions FILE to re-score")

@@ -22,7 +22,6 @@ docs/evaluation.md).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -151,26 +150,18 @@ def text_to_box(
     return Frame(width, height, mode).denormalize(objects[0].box_norm)
 
 
-# MiniGPT-v2's eval_ref.py: the answer must start with one brace pair of four 1-3 digit numbers.
-_MINIGPT_V2_ANSWER = re.compile(r"\{<\d{1,3}><\d{1,3}><\d{1,3}><\d{1,3}>\}")
-_DIGITS = re.compile(r"\d+")
-
-
-def minigptv2_answer_box(text: str, width: int, height: int, res: float = 100.0) -> Box | None:
+def minigptv2_answer_box(text: str, width: int, height: int, res: int = 100) -> Box | None:
     """The box MiniGPT-v2's own REC evaluation reads from an answer, in pixels of the original image, or None.
 
-    Its rule (docs/evaluation.md): remove every `<unk>` and every space; the answer must *start* with
-    `{<a><b><c><d>}` (1-3 digits each), and the whole answer must hold exactly 4 numbers, else it is a miss;
-    the numbers are divided by `res` (100) and scaled by the original width and height, corners as written
-    (not reordered). Stricter than `text_to_box`, which takes the first box anywhere.
+    Its rule (`readings.py`, docs/evaluation.md): remove every `<unk>` and every space; the answer must *start*
+    with `{<a><b><c><d>}` (1-3 digits each), and the whole answer must hold exactly 4 numbers, else it is a
+    miss; the numbers are divided by `res` (100) and scaled by the original width and height, corners as
+    written (not reordered). Stricter than `text_to_box`, which takes the first box anywhere.
     """
-    if not isinstance(text, str):
+    from .readings import reader
+
+    objects = reader("minigptv2", "text", TextLocationCodec(bins=res))(text)
+    if not objects:
         return None
-    answer = text.replace("<unk>", "").replace(" ", "")
-    if not _MINIGPT_V2_ANSWER.match(answer):
-        return None
-    numbers = _DIGITS.findall(answer)
-    if len(numbers) != 4:
-        return None
-    x1, y1, x2, y2 = (int(n) / res for n in numbers)
+    x1, y1, x2, y2 = objects[0].box_norm
     return (x1 * width, y1 * height, x2 * width, y2 * height)

@@ -168,14 +168,21 @@ def read_predictions(path: str | Path) -> list[dict]:
     return rows
 
 
-def reread(rows: list[dict], codec: str, *, input_size: int = 224, where: str = "predictions") -> list[dict]:
-    """`rows` with each raw answer (`prediction`) read again by the location codec named `codec`: its objects
+def reread(
+    rows: list[dict], codec: str, *, input_size: int = 224, reading: str = "codec", scale: float = 1000.0,
+    where: str = "predictions",
+) -> list[dict]:
+    """`rows` with each raw answer (`prediction`) read again in the location format named `codec`: its objects
     (boxes mapped to the row's image through its `frame`) and its plain text, so another model's raw outputs are
-    scored in their own format. `input_size` is the model's input side, for formats in pixels of it."""
+    scored in their own format. `input_size` is the model's input side, for formats in pixels of it; `reading`
+    and `scale` choose how answers are read (`readings.py`: the codec's parse, MiniGPT-v2's strict rule, or
+    lenient free-text boxes on a grid of `scale`)."""
     from ..location import make_codec
     from ..processor import ProcessorConfig
+    from .readings import reader as make_reader
 
-    reader = make_codec(ProcessorConfig(location_codec=codec, image_size=input_size))
+    codec_ = make_codec(ProcessorConfig(location_codec=codec, image_size=input_size))
+    read = make_reader(reading, codec, codec_, scale)
     out = []
     for n, row in enumerate(rows, start=1):
         text = row.get("prediction")
@@ -183,27 +190,29 @@ def reread(rows: list[dict], codec: str, *, input_size: int = 224, where: str = 
             raise ValueError(f"{where}: row {n} ({row.get('id')!r}): no raw answer in field 'prediction'")
         width, height = row.get("width"), row.get("height")
         frame = Frame(width, height, row.get("frame") or "resize") if width and height else None
-        objects = reader.parse(text)
+        objects = read(text)
         for obj in objects:
             obj.box = tuple(frame.denormalize(obj.box_norm)) if frame is not None else None
-        out.append({**row, "prediction_text": reader.strip(text), "prediction_objects": [o.to_dict() for o in objects]})
+        out.append({**row, "prediction_text": codec_.strip(text), "prediction_objects": [o.to_dict() for o in objects]})
     return out
 
 
 def rescore(
     predictions: str | Path, out: str | Path, *, image_root: Path | None = None, convention: str = "default",
-    codec: str | None = None, input_size: int = 224,
+    codec: str | None = None, input_size: int = 224, reading: str = "codec", scale: float = 1000.0,
 ) -> dict:
     """Score an existing predictions file (no model needed) and write `metrics.json` and `report.md`.
 
-    With `codec`, every raw answer is read again in that location format first (`reread`)."""
+    With `codec`, every raw answer is read again in that location format first (`reread`, with `reading`)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows = read_predictions(predictions)
     if not rows:
         raise ValueError(f"{predictions} holds no predictions")
     if codec is not None:
-        rows = reread(rows, codec, input_size=input_size, where=str(predictions))
+        rows = reread(rows, codec, input_size=input_size, reading=reading, scale=scale, where=str(predictions))
+    elif reading != "codec":
+        raise ValueError(f"--reading {reading} reads raw answers again: give the --codec they are written in")
     metrics = score_predictions(rows, convention=iou_convention(convention))
     metrics_path = out / "metrics.json"
     tmp = metrics_path.with_suffix(".tmp")
