@@ -164,6 +164,9 @@ class SamMaskDecoder(nn.Module):
                  input_mean=None, input_std=None):
         super().__init__()
         self.sam = sam
+        # SamModel ties the prompt encoder's positional code to `shared_image_embedding`; nested in another model
+        # that tie is not redone at load time, so share the module itself (one tensor, saved once).
+        sam.prompt_encoder.shared_embedding = sam.shared_image_embedding
         self.num_prompt_tokens = num_prompt_tokens
         self.dim = sam.config.prompt_encoder_config.hidden_size
         self.prompt = nn.Sequential(
