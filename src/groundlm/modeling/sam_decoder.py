@@ -1,7 +1,7 @@
 """The SAM mask decoder: transformers' `SamModel` prompted as NExT-Chat prompts SAM (its stage 3).
 
 At each trigger (`<at>`), NExT-Chat turns the trigger's hidden state into SAM's sparse prompt
-(`nextchat_seg.py` in NExT-ChatV/NExT-Chat, described in docs/published-systems.md):
+(its segmentation model; docs/published-systems.md):
 
 - `seg_prompt_mlp` (Linear(D, D) → ReLU → Linear(D, 4 × 256)) gives 4 prompt tokens of SAM's prompt width;
 - the decoded box, `pred_locs * 1024` (xyxy of SAM's 1024-pixel input), is SAM's box prompt (2 corner tokens);
@@ -9,7 +9,7 @@ At each trigger (`<at>`), NExT-Chat turns the trigger's hidden state into SAM's 
   the mask decoder runs with `multimask_output=False` (one mask per trigger).
 
 Here `prompt` is that MLP and `sam` a transformers `SamModel`; `SAM_RENAMES` maps the original SAM names
-(`image_encoder.*`, `prompt_encoder.*`, `mask_decoder.*`, as NExT-Chat saves them under `sam.model.`) onto it.
+(`image_encoder.*`, `prompt_encoder.*`, `mask_decoder.*`, as segment-anything names them and NExT-Chat saves them under `sam.model.`) onto it.
 
 SAM's image: NExT-Chat gives SAM the original image resized (longest side 1024) and zero-padded to a centred
 square after SAM's normalisation. groundlm's decode hook hands every mask decoder the model's own input (the

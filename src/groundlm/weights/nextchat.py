@@ -41,7 +41,7 @@ from ..modeling import GroundLMConfig, GroundLMForConditionalGeneration
 from ..processor import GroundLMProcessor, ProcessorConfig
 
 KIND = "nextchat"
-# NExT-Chat's added tokens (nextchat_base.py `initialize_vision_tokenizer`), in the order it adds them.
+# NExT-Chat's added tokens, in the order it adds them.
 IMAGE_PATCH, IM_START, IM_END = "<im_patch>", "<im_start>", "<im_end>"
 ADDED_TOKENS = (IMAGE_PATCH, IM_START, IM_END, EmbeddingLocationCodec.trigger, EmbeddingLocationCodec.slot)
 WHITE = (255, 255, 255)  # NExT-Chat's Expand2square background
@@ -147,7 +147,7 @@ def _tokenizer(src: Path):
     missing = [t for t in ADDED_TOKENS if t not in vocab]
     if missing:
         raise CheckpointError(f"{src}: the tokenizer lacks NExT-Chat's tokens {missing}")
-    if tokenizer.pad_token is None:  # NExT-Chat pads with unk (build_nextchat.py: pad_token = unk_token)
+    if tokenizer.pad_token is None:  # NExT-Chat pads with unk
         tokenizer.pad_token = tokenizer.unk_token
     # NExT-Chat added `<at>`/`<boxes>` as special tokens, which `decode(skip_special_tokens=True)` would drop; the
     # codec reads them in the decoded text, so they become ordinary added tokens (location/setup.py), same ids.
@@ -204,7 +204,7 @@ def import_nextchat(src, out, *, vision_config=None, sam_decoder_heads: int = 8,
         vision_config=vision.to_dict(), text_config=text.to_dict(),
         connector="linear" if depth == 1 else "mlp2x_gelu",
         vision_feature_layer=int(fields.get("mm_vision_select_layer", -2)),
-        vision_feature_select_strategy="default",  # NExT-Chat drops CLS (`select_hidden_state[:, 1:]`)
+        vision_feature_select_strategy="default",  # NExT-Chat drops CLS
         image_token_id=patch_id, image_token=IMAGE_PATCH, frame="pad", location_codec="embedding",
         location_head=head, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
