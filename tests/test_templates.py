@@ -86,6 +86,19 @@ GOLDEN = {
         "<|im_start|>user\nwhat colour is it?<|im_end|>\n"
         "<|im_start|>assistant\nblack<|im_end|>\n",
     ),
+    "nextchat": (
+        TWO_TURNS,
+        [
+            Segment(
+                "<s>You are a helpful assistant. USER: <im_start><image><im_end> [refer] the cat ASSISTANT:", False
+            ),
+            Segment(" {<10><20><30><40>}</s>", True),
+            Segment("USER: what colour is it? ASSISTANT:", False),
+            Segment(" black</s>", True),
+        ],
+        "<s>You are a helpful assistant. USER: <im_start><image><im_end> [refer] the cat ASSISTANT:"
+        " {<10><20><30><40>}</s>USER: what colour is it? ASSISTANT: black</s>",
+    ),
     "plain": (
         CAPTION,
         [Segment("<s><image>", False), Segment("a black cat on a mat\n", True)],
@@ -98,12 +111,13 @@ GOLDEN_TARGETS = {
     "vicuna": [" {<10><20><30><40>}###", " black###"],
     "llava_v1": [" {<10><20><30><40>}</s>", " black</s>"],
     "chatml": ["{<10><20><30><40>}<|im_end|>", "black<|im_end|>"],
+    "nextchat": [" {<10><20><30><40>}</s>", " black</s>"],
     "plain": ["a black cat on a mat\n"],
 }
 
 
-def test_exactly_five_templates():
-    assert sorted(TEMPLATES) == ["chatml", "llama2", "llava_v1", "plain", "vicuna"]
+def test_exactly_six_templates():
+    assert sorted(TEMPLATES) == ["chatml", "llama2", "llava_v1", "nextchat", "plain", "vicuna"]
     assert set(GOLDEN) == set(TEMPLATES)
 
 
@@ -136,6 +150,10 @@ def test_generation_prompts_golden():
         == "<s>###Human: <Img><image></Img> [refer] the cat ###Assistant:"
     )
     assert get_template("llava_v1").prompt(first) == "<s>USER: <image>\n[refer] the cat ASSISTANT:"
+    # NExT-Chat's vicuna_v1.1 prompt: its system text by default, the image between <im_start> and <im_end>.
+    assert get_template("nextchat").prompt(first) == (
+        f"<s>{VICUNA_V1_SYSTEM} USER: <im_start><image><im_end> [refer] the cat ASSISTANT:"
+    )
     assert get_template("chatml").prompt(first) == (
         "<|im_start|>user\n<image>\n[refer] the cat<|im_end|>\n<|im_start|>assistant\n"
     )
@@ -195,6 +213,7 @@ def test_stop_strings():
     assert {n: t.stop for n, t in TEMPLATES.items()} == {
         "llama2": "</s>",
         "vicuna": "###",
+        "nextchat": "</s>",
         "llava_v1": "</s>",
         "chatml": "<|im_end|>",
         "plain": "\n",

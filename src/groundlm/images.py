@@ -95,6 +95,7 @@ class ImageTransform:
     frame: str = "resize"  # "resize" (MiniGPT-v2) | "pad" (LLaVA's expand-to-square with the mean colour)
     mean: tuple[float, float, float] = CLIP_MEAN
     std: tuple[float, float, float] = CLIP_STD
+    pad_color: tuple[int, int, int] | None = None  # "pad" fill (0–255 RGB); None: the mean colour (NExT-Chat: white)
 
     def __post_init__(self) -> None:
         if self.frame not in FRAMES:
@@ -104,7 +105,7 @@ class ImageTransform:
         """Return the normalised pixel tensor [3, size, size] and the frame that maps boxes into it."""
         frame = Frame(image.width, image.height, self.frame)
         if self.frame == "pad":
-            fill = tuple(int(round(m * 255)) for m in self.mean)
+            fill = tuple(self.pad_color) if self.pad_color else tuple(int(round(m * 255)) for m in self.mean)
             square = Image.new("RGB", (frame.side, frame.side), fill)
             square.paste(image, frame.offset)
             image = square

@@ -25,7 +25,7 @@ from .geometry import Frame
 from .images import CLIP_MEAN, CLIP_STD, ImageInput, ImageTransform, load_image
 from .location import GroundedObject, make_codec
 from .records import BOX_SLOT
-from .templates import ChatTemplate, get_template
+from .templates import IMAGE_PLACEHOLDER, ChatTemplate, get_template
 from .visual_prompts import POINT_SLOT, with_points
 
 IGNORE_INDEX = -100
@@ -45,6 +45,7 @@ class ProcessorConfig:
     location_codec: str = "text"  # text | tokens | embedding (location.make_codec)
     mean: tuple[float, float, float] = CLIP_MEAN
     std: tuple[float, float, float] = CLIP_STD
+    pad_color: tuple[int, int, int] | None = None  # the `pad` frame's fill; None: the mean colour (LLaVA)
     max_length: int | None = None  # None: never truncate (truncation would cut image tokens or answers)
 
 
@@ -73,7 +74,10 @@ class GroundLMProcessor:
         self.template: ChatTemplate = get_template(config.template)
         self.codec = make_codec(config)
         self.codec.check_tokenizer(tokenizer)
-        self.transform = ImageTransform(config.image_size, config.frame, tuple(config.mean), tuple(config.std))
+        self.transform = ImageTransform(
+            config.image_size, config.frame, tuple(config.mean), tuple(config.std),
+            tuple(config.pad_color) if config.pad_color else None,
+        )
         self.image_token_id = tokenizer.convert_tokens_to_ids(config.image_token)
         if self.image_token_id is None or self.image_token_id == tokenizer.unk_token_id:
             raise ValueError(f"the tokenizer has no token for the image placeholder {config.image_token!r}")
@@ -128,7 +132,7 @@ class GroundLMProcessor:
         boxes_norm = _normalized(boxes, frame)  # once for every turn and for the codec's encode_locations
         for i, m in enumerate(messages):
             role, content = (m["role"], m["content"]) if isinstance(m, dict) else (m.role, m.content)
-            if self.config.image_token in content:
+            if self.config.image_token in content or IMAGE_PLACEHOLDER in content:
                 raise ValueError(
                     f"messages[{i}].content contains the image placeholder {self.config.image_token!r}; "
                     "the processor places the image itself"
@@ -147,7 +151,8 @@ class GroundLMProcessor:
         input_ids: list[int] = []
         labels: list[int] = []
         for seg in segments:
-            ids = self.tokenizer(seg.text.replace(self.config.image_token, expanded), add_special_tokens=False)[
+            # the template writes the placeholder `<image>`; the model's image token may be another (`<im_patch>`)
+            ids = self.tokenizer(seg.text.replace(IMAGE_PLACEHOLDER, expanded), add_special_tokens=False)[
                 "input_ids"
             ]
             input_ids += ids

@@ -4,7 +4,7 @@ The label mask is built from this structure: a segment is a target exactly when 
 plus its end token, so nothing has to re-tokenise the rendered string and search for separators (LLaVA's
 `preprocess_v1` does that, and its off-by-one mismatches silently zero the loss of whole samples).
 
-The five templates, as rendered for a system message `S`, two turns and an image (`<image>` is the single
+The six templates, as rendered for a system message `S`, two turns and an image (`<image>` is the single
 placeholder the processor later expands to the image tokens):
 
     llama2    <s>[INST] <<SYS>>\\nS\\n<</SYS>>\\n\\n<Img><image></Img> q1 [/INST] a1</s><s>[INST] q2 [/INST] a2</s>
@@ -13,6 +13,8 @@ placeholder the processor later expands to the image tokens):
     chatml    <|im_start|>system\\nS<|im_end|>\\n<|im_start|>user\\n<image>\\nq1<|im_end|>\\n
               <|im_start|>assistant\\na1<|im_end|>\\n<|im_start|>user\\nq2<|im_end|>\\n<|im_start|>assistant\\na2<|im_end|>\\n
     plain     <s><image>a1\\n          (one turn; the user text and any system message are ignored)
+    nextchat  <s>S USER: <im_start><image><im_end> q1 ASSISTANT: a1</s>USER: q2 ASSISTANT: a2</s>
+              (S defaults to the Vicuna system text, as NExT-Chat's `vicuna_v1.1`)
 
 Choices where the references leave room:
 - The space between the assistant marker and the answer belongs to the answer (target) segment, so a
@@ -194,6 +196,7 @@ class ChatTemplate:
 
 
 _IMG = "<image>"
+IMAGE_PLACEHOLDER = _IMG  # the processor expands it to `num_image_tokens` copies of the model's image token
 _MINIGPT_IMAGE = f"<Img>{_IMG}</Img> "
 
 LLAMA2 = ChatTemplate(
@@ -257,7 +260,22 @@ PLAIN = ChatTemplate(
     special_tokens=("<s>", _IMG),
 )
 
-TEMPLATES: dict[str, ChatTemplate] = {t.name: t for t in (LLAMA2, VICUNA, LLAVA_V1, CHATML, PLAIN)}
+# NExT-Chat's `vicuna_v1.1` conversation (SeparatorStyle.ADD_COLON_TWO, sep " ", sep2 "</s>", the Vicuna system
+# text by default) with its image written `<im_start>` + image tokens + `<im_end>` where its questions put
+# `<image>` (first, then a space: "<image> Where is ...?").
+NEXTCHAT = ChatTemplate(
+    name="nextchat",
+    bos="<s>",
+    eos="</s>",
+    user="USER: ",
+    assistant=" ASSISTANT:",
+    image_prefix=f"<im_start>{_IMG}<im_end> ",
+    system_format="{} ",
+    default_system=VICUNA_V1_SYSTEM,
+    special_tokens=("<s>", "</s>", "<im_start>", "<im_end>", _IMG),
+)
+
+TEMPLATES: dict[str, ChatTemplate] = {t.name: t for t in (LLAMA2, VICUNA, LLAVA_V1, CHATML, PLAIN, NEXTCHAT)}
 
 
 def get_template(name: str) -> ChatTemplate:

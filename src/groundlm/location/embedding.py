@@ -242,7 +242,6 @@ class TriggerFeedback:
         `pixel_values` [B, 3, S, S] must hold one image per row (the mask decoder reads that row's patches).
         """
         from ..masks import mask_from_frame, rle_encode
-        from ..modeling.mask_decoder import predict_masks
 
         decoder = self.heads.mask_decoder
         flat = [(row, h) for row, hs in enumerate(self.hidden) for h in hs]
@@ -250,7 +249,8 @@ class TriggerFeedback:
             return [[] for _ in frames]
         rows = torch.tensor([row for row, _ in flat], device=pixel_values.device)
         hidden = torch.stack([h for _, h in flat])  # [N, D]
-        logits = predict_masks(decoder, self.model, pixel_values, hidden, rows)  # [N, S, S]
+        boxes = torch.tensor([b for bs in self.boxes for b in bs], dtype=torch.float32).reshape(-1, 4)  # [N, 4]
+        logits = decoder.predict(self.model, pixel_values, hidden, rows, boxes.to(pixel_values.device))  # [N, S, S]
         out: list[list[dict]] = [[] for _ in frames]
         for (row, _), mask in zip(flat, (logits > 0).cpu().numpy(), strict=True):
             out[row].append(rle_encode(mask_from_frame(mask, frames[row])))

@@ -38,8 +38,18 @@ class LocationHeadConfig:
     l1_weight: float = 2.0  # NExT-Chat code
     giou_weight: float = 0.2  # NExT-Chat code (paper: 0.8)
     cycle_weight: float = 1.0
-    mask_decoder: bool = False  # a small SAM-style mask decoder (modeling/mask_decoder.py)
+    # The mask decoder: False (none), True or "mini" (the small SAM-style one, modeling/mask_decoder.py) or "sam"
+    # (transformers' SamModel behind NExT-Chat's prompt MLP, modeling/sam_decoder.py).
+    mask_decoder: bool | str = False
     mask_dim: int = 64
+    # "sam" only: the SamConfig (a dict; the weights come with the model), or `sam_path`, a local transformers
+    # SAM directory whose config and weights are loaded when the heads are built; `sam_pixel_mean/std` are the
+    # normalisation of the model's own input, undone before SAM's (see modeling/sam_decoder.py).
+    sam_config: dict | None = None
+    sam_path: str | None = None
+    sam_prompt_tokens: int = 4
+    sam_pixel_mean: tuple[float, float, float] | None = None
+    sam_pixel_std: tuple[float, float, float] | None = None
     dice_weight: float = 1.0
     bce_weight: float = 1.0
 
@@ -93,11 +103,7 @@ class LocationHeads(nn.Module):
         self.config = config
         self.box_decoder = _mlp(hidden, hidden // 2, 4)
         self.box_encoder = _mlp(4, hidden // 2, hidden)
-        self.mask_decoder = None
-        if config.mask_decoder:
-            from .mask_decoder import MaskDecoder
-
-            self.mask_decoder = MaskDecoder(hidden, vision_hidden or hidden, config.mask_dim, max_patches=num_patches)
+        self.mask_decoder = build_mask_decoder(config, hidden, vision_hidden or hidden, num_patches)
 
     def encode(self, boxes: torch.Tensor) -> torch.Tensor:
         """[N, 4] boxes → [N, D] slot embeddings."""
@@ -176,13 +182,45 @@ class LocationHeads(nn.Module):
             back = self.decode(self.encode(boxes))  # [N_slot, 4]: box → embedding → box
             add("cycle_box", (back - boxes).abs().float().mean(-1), slot_rows, cfg.cycle_weight)
         if self.mask_decoder is not None and trigger_masks is not None and vision is not None and pred.shape[0]:
-            from .mask_decoder import mask_loss_terms, predict_masks
+            from .mask_decoder import mask_loss_terms
 
-            logits = predict_masks(self.mask_decoder, vision[0], vision[1], hidden, trig_rows)  # [N, S, S]
+            # the decoded boxes are detached: the mask loss trains the mask decoder, not the box decoder
+            logits = self.mask_decoder.predict(vision[0], vision[1], hidden, trig_rows, pred.detach())  # [N, S, S]
             dice, bce = mask_loss_terms(logits, trigger_masks.to(logits.device))
             add("mask_dice", dice, trig_rows, cfg.dice_weight)
             add("mask_bce", bce, trig_rows, cfg.bce_weight)
         return LocationOutput(pred.detach(), terms, total, per_sample)
+
+
+def _mini_decoder(settings: LocationHeadConfig, hidden: int, vision_hidden: int, num_patches: int) -> nn.Module:
+    from .mask_decoder import MaskDecoder
+
+    return MaskDecoder(hidden, vision_hidden, settings.mask_dim, max_patches=num_patches)
+
+
+def _sam_decoder(settings: LocationHeadConfig, hidden: int, vision_hidden: int, num_patches: int) -> nn.Module:
+    from .sam_decoder import SamMaskDecoder
+
+    return SamMaskDecoder.from_settings(settings, hidden)
+
+
+# Every mask decoder answers `predict(model, pixel_values, hidden, rows, boxes) -> logits [N, S, S]` (frame).
+MASK_DECODERS = {"mini": _mini_decoder, "sam": _sam_decoder}
+
+
+def build_mask_decoder(
+    settings: LocationHeadConfig, hidden: int, vision_hidden: int, num_patches: int
+) -> nn.Module | None:
+    """The mask decoder `settings.mask_decoder` names (True means "mini"), or None for False."""
+    kind = settings.mask_decoder
+    if kind is False or kind is None:
+        return None
+    kind = "mini" if kind is True else kind
+    if kind not in MASK_DECODERS:
+        raise ValueError(
+            f"unknown location_head.mask_decoder {kind!r}; choose false, true or one of {', '.join(MASK_DECODERS)}"
+        )
+    return MASK_DECODERS[kind](settings, hidden, vision_hidden, num_patches)
 
 
 def build_location_heads(config) -> LocationHeads | None:
@@ -195,10 +233,12 @@ def build_location_heads(config) -> LocationHeads | None:
 
 
 __all__ = [
+    "MASK_DECODERS",
     "LocationHeadConfig",
     "LocationHeads",
     "LocationOutput",
     "box_loss_terms",
     "build_location_heads",
+    "build_mask_decoder",
     "ordered_boxes",
 ]

@@ -16,8 +16,10 @@ scratch on ShapesWorld:
 
 Loss: Dice + binary cross-entropy per mask (`mask_loss_terms`), weights in `LocationHeadConfig`. (NExT-Chat's
 SAM loss is 20 × focal + Dice + IoU-prediction MSE; a decoder trained from scratch on exact masks does not need
-the focal re-weighting or the IoU head.) A pretrained SAM decoder plugs in through the same call:
-`decoder(prompt_hidden [N, D], patch_features [N, P, C]) -> logits [N, h, w]`.
+the focal re-weighting or the IoU head.) Every mask decoder answers the same call,
+`decoder.predict(model, pixel_values, hidden, rows, boxes) -> logits [N, S, S]` in the model's input frame
+(modeling/location_heads.py `MASK_DECODERS`); this one reads the vision tower's patches and ignores the boxes,
+the SAM one (modeling/sam_decoder.py) runs its own image encoder and takes the boxes as SAM's box prompt.
 """
 
 from __future__ import annotations
@@ -72,6 +74,13 @@ class MaskDecoder(nn.Module):
         up = self.upscale(grid)  # [N, d/4, 4g, 4g]
         weights = self.hyper(tokens[:, 0])  # [N, d/4]: the mask token's hypernetwork output
         return torch.einsum("nc,nchw->nhw", weights, up)  # [N, 4g, 4g]
+
+    def predict(
+        self, model: nn.Module, pixel_values: torch.Tensor | None, hidden: torch.Tensor, rows: torch.Tensor,
+        boxes: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Mask logits [N, S, S] in the model's input frame (`predict_masks`); `boxes` are not used."""
+        return predict_masks(self, model, pixel_values, hidden, rows)
 
 
 def predict_masks(
