@@ -401,3 +401,17 @@ def test_init_from_the_stage1_projector_uses_the_recipes_parts(published):
     model, processor = build_for_recipe(spec, seed=0)
     batch = _batch(processor)
     assert (_logits(model, batch) - _logits(llava, batch)).abs().max().item() <= TOL
+
+
+
+def test_the_fine_tuning_recipes_of_the_docs_dry_run(tmp_path):
+    from .train_helpers import ROOT
+
+    text = (ROOT / "docs" / "published-models.md").read_text()
+    blocks = [b.split("```", 1)[0] for b in text.split("```yaml\n")[1:]]
+    recipes = [yaml.safe_load(b) for b in blocks if b.startswith("name: ")]
+    assert [r["name"] for r in recipes] == ["llava-1.5-7b-full", "llava-1.5-7b-lora"]
+    for recipe in recipes:
+        resolved = from_dict(recipe)  # the full recipe as written: init_from, dtype, LoRA
+        assert resolved.model.init_from == InitFrom(path="models/llava-1.5-7b")
+        train(dry_run(resolved), tmp_path / recipe["name"], progress=False)

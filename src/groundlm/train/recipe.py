@@ -169,8 +169,9 @@ def _check_model(m: ModelSpec, where: str) -> None:
     unused = SCRATCH_ONLY if pretrained else PRETRAINED_ONLY
     for name in unused:
         if getattr(m, name) != field_default(name):
-            kind = "models built from scratch" if pretrained else "pretrained parts or init_from"
-            raise RecipeError(f"{where}.{name}: applies to {kind} only")
+            kind = "models built from scratch" if pretrained else "pretrained parts"
+            also = "" if pretrained else " (vision_tower + language_model, or init_from)"
+            raise RecipeError(f"{where}.{name}: applies to {kind} only{also}")
     if m.location_head is not None:
         known = {f.name for f in dataclasses.fields(LocationHeadConfig)} - {"trigger_token_id", "slot_token_id"}
         if not make_codec(m).has_heads or set(m.location_head) - known:
