@@ -23,7 +23,8 @@ from groundlm.images import CLIP_MEAN, CLIP_STD
 from groundlm.templates import VICUNA_V1_SYSTEM
 from groundlm.tokenizer import build_word_tokenizer
 from groundlm.weights import IMPORTERS
-from groundlm.weights.nextchat import CheckpointError, import_nextchat
+from groundlm.weights.keys import WeightsError
+from groundlm.weights.nextchat import import_nextchat
 
 HIDDEN = 32
 VISION = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=1, image_size=56,
@@ -249,15 +250,15 @@ def test_unknown_and_missing_keys_are_named(ckpt, tmp_path):
     tensors = load_file(ckpt["src"] / "model.safetensors")
     tensors["model.extra_head.weight"] = torch.zeros(2)
     save_file(tensors, src / "model.safetensors")
-    with pytest.raises(CheckpointError, match="model.extra_head.weight"):
+    with pytest.raises(WeightsError, match="model.extra_head.weight"):
         import_nextchat(src, tmp_path / "out1", sam_decoder_heads=2)
     del tensors["model.extra_head.weight"], tensors["loc_decoder.2.bias"]
     save_file(tensors, src / "model.safetensors")
-    with pytest.raises(CheckpointError, match=r"location_heads\.box_decoder\.2\.bias"):
+    with pytest.raises(WeightsError, match=r"location_heads\.box_decoder\.2\.bias"):
         import_nextchat(src, tmp_path / "out2", sam_decoder_heads=2)
 
 
 def test_wrong_model_type_names_the_field(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llava"}))
-    with pytest.raises(CheckpointError, match="model_type"):
+    with pytest.raises(WeightsError, match="model_type"):
         import_nextchat(tmp_path, tmp_path / "out")

@@ -292,6 +292,39 @@ def data_show(
     typer.echo(f"wrote {out}")
 
 
+@app.command("import")
+def import_cmd(
+    kind: str = typer.Argument(..., help="The checkpoint's layout: llava-hf, llava (groundlm.weights.IMPORTERS)."),
+    src: Path = typer.Argument(..., help="The checkpoint: a directory, or a file (LLaVA's mm_projector.bin)."),
+    out: Path = typer.Option(..., "--out", help="Directory to write the groundlm model into."),
+    option: list[str] = typer.Option(
+        [], "--option", "-o", help="An importer option KEY=VALUE (repeatable; VALUE read as YAML), e.g. "
+        "-o frame=resize, -o vision_tower=DIR. docs/published-models.md lists them."
+    ),
+    force: bool = typer.Option(False, help="Write into a non-empty directory."),
+) -> None:
+    """Write the published checkpoint SRC as a groundlm model directory (groundlm.load and init_from read it)."""
+    import yaml
+
+    from .weights import WeightsError, import_model
+
+    if out.exists() and not out.is_dir():
+        _fail(f"{out} is a file; a model is a directory")
+    if out.exists() and any(out.iterdir()) and not force:
+        _fail(f"{out} exists and is not empty (use --force to overwrite)")
+    options = {}
+    for item in option:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            _fail(f"--option {item!r}: expected KEY=VALUE")
+        options[key] = yaml.safe_load(value)
+    try:
+        import_model(kind, src, out, **options)
+    except (WeightsError, FileNotFoundError, ValueError) as err:
+        _fail(str(err))
+    typer.echo(f"wrote a groundlm model ({kind} import of {src}) to {out}")
+
+
 def main() -> None:
     """Entry point for `python -m groundlm`."""
     app()

@@ -1,8 +1,9 @@
 """The model spec: every knob of a model a recipe builds, declared once, and named presets that override it.
 
 A model is built from scratch (random weights, a word-level tokenizer: what tests, the demo and the benchmarks
-train on a CPU) or from pretrained parts (a vision tower and a causal language model with its tokenizer, each a
-local path or a hub id already in the cache). `ModelSpec` holds both kinds of knob; a preset is a dict of
+train on a CPU), from pretrained parts (a vision tower and a causal language model with its tokenizer, each a
+local path or a hub id already in the cache), or from a whole model (`init_from`: a groundlm model directory,
+or a published checkpoint read by an importer of `weights/`). `ModelSpec` holds both kinds of knob; a preset is a dict of
 overrides, applied under a recipe's own `model:` fields, and the resolved spec (every field) is what the saved
 recipe holds. `train/build.py` turns a spec into the model and its processor; the valid choices of each knob
 are declared where its variants live (listed in `train/recipe.py`'s `_check_model`).
@@ -13,18 +14,32 @@ are declared where its variants live (listed in `train/recipe.py`'s `_check_mode
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 
 @dataclass
+class InitFrom:
+    """A whole model to start from: a groundlm model directory (`kind: groundlm`), or a published checkpoint
+    that the importer `kind` (a name in `weights.IMPORTERS`: `llava-hf`, `llava`, ...) reads, with its
+    `options`. In YAML also a string: `PATH` (a groundlm model directory) or `KIND:PATH`."""
+
+    path: str
+    kind: str = "groundlm"
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class ModelSpec:
-    """The model to build: from scratch (the sizes below) or from pretrained parts (`vision_tower` + LM)."""
+    """The model to build: from scratch (the sizes below), from pretrained parts (`vision_tower` + LM) or from
+    a whole model (`init_from`)."""
 
     preset: str | None = None  # the PRESETS entry this spec was resolved from (a label; get_preset applies it)
     vision_tower: str | None = None  # pretrained: a CLIP / SigLIP / ViT checkpoint
     language_model: str | None = None  # pretrained: a causal LM checkpoint with its tokenizer
+    # A whole model to start from (its weights, tokenizer and processor); the codec's new parts go on top.
+    init_from: InitFrom | str | None = None
     dtype: str = "float32"  # pretrained: the dtype the parts are loaded in (from scratch: always float32)
     # From scratch only (pretrained parts bring their own configs and tokenizer):
     image_size: int = 64  # square input, pixels

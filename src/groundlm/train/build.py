@@ -1,4 +1,5 @@
-"""The one builder of a model spec (`presets.ModelSpec`): from scratch, or pretrained parts joined by a connector.
+"""The one builder of a model spec (`presets.ModelSpec`): from scratch, pretrained parts joined by a connector, or
+a whole model (`init_from`).
 
 From scratch: the spec's sizes give the tower and language model configs, the weights are random (seeded) and
 the tokenizer is a word-level one over a word list (`WORD_LISTS`), the codec's tokens, the task tags and the
@@ -7,13 +8,17 @@ with its tokenizer, each a local directory or a hub id already in the local cach
 and a missing part fails with an error that says what to fetch. The connector is new (random, seeded). The
 tokenizer gains only what the processor needs (the `<image>` placeholder, a pad token, the codec's tokens): a
 pretrained tokenizer must keep tokenising text exactly as the language model learned it, so template markers
-stay plain text. Both end in the same place: one `GroundLMConfig` (config.json) and one `ProcessorConfig`
+stay plain text. From a whole model: a groundlm model directory, or a published checkpoint through an importer
+of `weights/` (`weights.IMPORTERS`), read strictly; what its weights fix (connector, feature layer, template,
+frame) must match the spec, and the spec's location codec is added on top (its tokens and heads). All end in
+the same place: one `GroundLMConfig` (config.json) and one `ProcessorConfig`
 (groundlm_processor.json) derived from the spec, location-head settings and generation config set once.
 """
 
 from __future__ import annotations
 
 import json
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -58,7 +63,9 @@ def build_for_recipe(
     `templates` are the other chat templates the recipe's stages use; a word-level tokenizer gets their
     markers as whole tokens too (a pretrained tokenizer is left as it is).
     """
-    if spec.vision_tower is None:
+    if spec.init_from is not None:
+        model, processor = _from_init(spec, seed)
+    elif spec.vision_tower is None:
         model, processor = _from_scratch(spec, seed)
         _add_template_markers(model, processor.tokenizer, templates, seed)
     else:
@@ -176,7 +183,7 @@ def _config(spec: ModelSpec, vision_config, text_config, processor: GroundLMProc
     )
 
 
-def _image_stats(path: str) -> tuple[tuple, tuple]:
+def image_stats(path: str) -> tuple[tuple, tuple]:
     """The tower's normalisation (mean, std) from its preprocessor_config.json, else CLIP's."""
     config = Path(path) / "preprocessor_config.json"
     if config.is_file():
@@ -223,7 +230,7 @@ def _from_parts(spec: ModelSpec, seed: int):
     # (location/setup.py).
     add_location_tokens(lm, tokenizer, make_codec(spec))
 
-    processor = _processor(spec, tokenizer, tower.config, *_image_stats(tower_path))
+    processor = _processor(spec, tokenizer, tower.config, *image_stats(tower_path))
     config = _config(spec, tower.config, lm.config, processor)
     # Build the skeleton on the meta device (no memory, no random init of billions of weights), then put the
     # loaded parts and a freshly initialised connector in place.
@@ -239,6 +246,75 @@ def _from_parts(spec: ModelSpec, seed: int):
     if left:
         raise RuntimeError(f"parameters left uninitialised after assembling the model: {left[:5]}")
     return model, processor
+
+
+# What a loaded model's weights (or its processor's training) fix: a recipe that starts from it states the same.
+FIXED_BY_INIT = ("connector", "vision_feature_layer", "image_position_embedding", "template", "frame")
+
+
+def _from_init(spec: ModelSpec, seed: int):
+    """A whole model (`init_from`: a groundlm model directory, or a checkpoint an importer reads), with the
+    spec's location codec on top: its missing tokens (rows at the mean) and, if it has them, new heads."""
+    from ..weights import GROUNDLM, import_model, init_source
+    from ..weights.directory import load_model
+
+    source = init_source(spec.init_from)
+    dtype = getattr(torch, spec.dtype)
+    path = expand(source.path)
+    # A recipe's tower and language model are the parts an importer joins (LLaVA's stage-1 projector).
+    parts = {n: expand(getattr(spec, n)) for n in ("vision_tower", "language_model") if getattr(spec, n)}
+    if source.kind == GROUNDLM:
+        if parts:
+            raise ValueError(
+                f"model.init_from: the model directory {path} brings its own tower and language model; "
+                f"drop {' and '.join(parts)}"
+            )
+        model, processor = load_model(Path(path), dtype=dtype)
+    else:
+        # The import goes to a temporary directory, read back strictly; `groundlm import` once and an
+        # init_from of its directory saves redoing it on every run and resume.
+        with tempfile.TemporaryDirectory(prefix="groundlm-import-") as tmp:
+            import_model(source.kind, path, tmp, **{**source.options, **parts})
+            model, processor = load_model(Path(tmp), dtype=dtype)
+    loaded = {
+        "connector": model.config.connector,
+        "vision_feature_layer": model.config.vision_feature_layer,
+        "image_position_embedding": model.config.image_position_embedding,
+        "template": processor.config.template,
+        "frame": processor.config.frame,
+    }
+    for name in FIXED_BY_INIT:
+        if getattr(spec, name) != loaded[name]:
+            raise ValueError(
+                f"model.{name}: the recipe says {getattr(spec, name)!r} but the model in init_from ({path}) has "
+                f"{loaded[name]!r}; write {name}: {loaded[name]}"
+            )
+    return _with_codec(spec, model, processor, seed)
+
+
+def _with_codec(spec: ModelSpec, model, processor: GroundLMProcessor, seed: int):
+    """`model` and `processor` with the spec's location codec: its tokens the tokenizer lacks (new rows at the
+    mean), its head settings, and new heads (seeded) when the codec has them and the model had none."""
+    codec = make_codec(spec)
+    config = model.config
+    if config.location_head is not None and not codec.has_heads:
+        raise ValueError(
+            f"model.location_codec: {spec.location_codec!r} has no location heads, but the model in init_from "
+            f"has them ({config.location_codec!r}); keep location_codec: {config.location_codec}"
+        )
+    tokenizer = processor.tokenizer
+    torch.manual_seed(seed)
+    add_location_tokens(model, tokenizer, codec)
+    config.location_codec, config.location_bins = spec.location_codec, spec.location_bins
+    config.location_head = location_head_settings(tokenizer, codec, spec.location_head)
+    config._check()
+    if codec.has_heads:
+        heads = build_location_heads(config).to(model.dtype)  # seeded above: same heads for a seed
+        if model.location_heads is not None:
+            heads.load_state_dict(model.location_heads.state_dict(), strict=True)
+        model.location_heads = heads
+    settings = replace(processor.config, location_codec=spec.location_codec, location_bins=spec.location_bins)
+    return model, GroundLMProcessor(tokenizer, settings)
 
 
 def stage_processor(processor: GroundLMProcessor, template: str | None) -> GroundLMProcessor:

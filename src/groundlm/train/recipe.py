@@ -136,11 +136,21 @@ class Recipe:
 
 
 def _check_model(m: ModelSpec, where: str) -> None:
+    from ..weights import init_source  # here: weights/ imports the builder, which imports this package
+
+    if m.init_from is not None:
+        if m.preset is not None:
+            raise RecipeError(f"{where}: give either preset or init_from, not both")
+        try:
+            m.init_from = init_source(m.init_from)  # the mapping form is what the saved recipe holds
+        except ValueError as err:
+            raise RecipeError(f"{where}.{err}") from None
     pretrained = m.vision_tower is not None or m.language_model is not None
     if m.preset is not None and pretrained:
         raise RecipeError(f"{where}: give either preset or vision_tower + language_model, not both")
     if pretrained and not (m.vision_tower and m.language_model):
         raise RecipeError(f"{where}: pretrained parts need both vision_tower and language_model")
+    pretrained = pretrained or m.init_from is not None
     for name, allowed in (
         ("preset", (None, *PRESETS)),
         ("dtype", DTYPES),
@@ -160,7 +170,8 @@ def _check_model(m: ModelSpec, where: str) -> None:
     for name in unused:
         if getattr(m, name) != field_default(name):
             kind = "models built from scratch" if pretrained else "pretrained parts"
-            raise RecipeError(f"{where}.{name}: applies to {kind} only")
+            also = "" if pretrained else " (vision_tower + language_model, or init_from)"
+            raise RecipeError(f"{where}.{name}: applies to {kind} only{also}")
     if m.location_head is not None:
         known = {f.name for f in dataclasses.fields(LocationHeadConfig)} - {"trigger_token_id", "slot_token_id"}
         if not make_codec(m).has_heads or set(m.location_head) - known:
@@ -348,21 +359,25 @@ def dry_run(recipe: Recipe, *, steps: int = 2, scenes: int = 200) -> Recipe:
     """A copy that runs anywhere in seconds: a model from scratch of the tiny preset's sizes, ShapesWorld for
     absent data.
 
-    The stand-in model keeps every other knob of the recipe's model (connector, template, frame, codec, ...),
+    A model's `init_from` that exists on this machine is kept, like records files (the dry run then loads it);
+    otherwise the stand-in model keeps every other knob of the recipe's model (connector, template, frame, codec, ...),
     so the dry run goes through the same code paths (LoRA, templates per stage, gradient checkpointing,
     precision) as the real one. Records files that exist on this machine are kept; the others become ShapesWorld
     sources with the same name and ratio. Every stage runs `steps` steps with micro-batches of at most 2.
     """
     r = dataclasses.replace(recipe, stages=[dataclasses.replace(s) for s in recipe.stages])
     tiny = get_preset("tiny")
-    r.model = dataclasses.replace(
-        recipe.model,
-        preset="tiny",
-        vision_tower=None,
-        language_model=None,
-        **{name: field_default(name) for name in PRETRAINED_ONLY},
-        **{name: getattr(tiny, name) for name in SIZES},
-    )
+    start = recipe.model.init_from
+    if start is None or not Path(expand(start.path)).exists():
+        r.model = dataclasses.replace(
+            recipe.model,
+            preset="tiny",
+            vision_tower=None,
+            language_model=None,
+            init_from=None,
+            **{name: field_default(name) for name in PRETRAINED_ONLY},
+            **{name: getattr(tiny, name) for name in SIZES},
+        )
     for stage in r.stages:
         data = []
         for source in stage.data:

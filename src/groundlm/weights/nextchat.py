@@ -39,6 +39,7 @@ from ..images import CLIP_MEAN, CLIP_STD
 from ..location import EmbeddingLocationCodec
 from ..modeling import GroundLMConfig, GroundLMForConditionalGeneration
 from ..processor import GroundLMProcessor, ProcessorConfig
+from .keys import WeightsError, WrongKind, expected_weights, match_weights, read_json, read_state_dict
 
 KIND = "nextchat"
 # NExT-Chat's added tokens, in the order it adds them.
@@ -53,28 +54,15 @@ _NEXTCHAT_FIELDS = {
     "mm_use_im_start_end", "sam_path", "architectures", "model_type", "auto_map", "_name_or_path",
 }
 _DROPPED = re.compile(r"\.rotary_emb\.inv_freq$")
+_SAM_PREFIX = "location_heads.mask_decoder.sam."
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be imported, with the file and the keys or fields at fault."""
-
-
-def read_tensors(src: Path) -> dict[str, torch.Tensor]:
-    """Every tensor of a checkpoint directory: safetensors shards first, else `pytorch_model*.bin` (loaded with
-    `weights_only=True`, never unpickling code)."""
-    from safetensors.torch import load_file
-
-    files = sorted(src.glob("*.safetensors")) or sorted(src.glob("pytorch_model*.bin"))
-    if not files:
-        raise CheckpointError(f"{src}: no *.safetensors or pytorch_model*.bin weights found")
-    tensors: dict[str, torch.Tensor] = {}
-    for f in files:
-        part = load_file(f) if f.suffix == ".safetensors" else torch.load(f, map_location="cpu", weights_only=True)
-        clash = tensors.keys() & part.keys()
-        if clash:
-            raise CheckpointError(f"{f}: keys also in another shard: {sorted(clash)[:5]}")
-        tensors.update(part)
-    return tensors
+def looks_like(src: Path) -> bool:
+    """A directory whose config.json says `model_type: nextchat`."""
+    try:
+        return (src / "config.json").is_file() and read_json(src / "config.json").get("model_type") == KIND
+    except WeightsError:
+        return False
 
 
 def groundlm_key(key: str, projector_depth: int) -> str | None:
@@ -102,13 +90,13 @@ def groundlm_key(key: str, projector_depth: int) -> str | None:
 def _projector_depth(tensors: dict, config_path: Path) -> int:
     keys = [k.removeprefix("model.mm_projector.") for k in tensors if k.startswith("model.mm_projector.")]
     if not keys:
-        raise CheckpointError(f"{config_path.parent}: no model.mm_projector.* weights (the connector)")
+        raise WeightsError(f"{config_path.parent}: no model.mm_projector.* weights (the connector)")
     if set(keys) <= {"weight", "bias"}:
         return 1
     layers = {k.split(".")[0] for k in keys}
     if layers == {"0", "2"}:
         return 2
-    raise CheckpointError(
+    raise WeightsError(
         f"{config_path.parent}: model.mm_projector layers {sorted(layers)}: only depth 1 (Linear) or 2 "
         "(Linear-GELU-Linear, layers 0 and 2) have a groundlm connector"
     )
@@ -123,14 +111,14 @@ def _vision_config(tensors: dict, fields: dict, vision_config, config_path: Path
         cfg = CLIPVisionConfig.from_pretrained(local, local_files_only=True)
         return cfg, f"{local}/config.json"
     if vision_config:
-        raise CheckpointError(f"vision_config {vision_config!r}: no config.json there")
+        raise WeightsError(f"vision_config {vision_config!r}: no config.json there")
     prefix = "model.vision_tower.vision_model."
     try:
         patch = tensors[prefix + "embeddings.patch_embedding.weight"]  # [C, 3, p, p]
         positions = tensors[prefix + "embeddings.position_embedding.weight"].shape[0]  # 1 + (S/p)^2
         fc1 = tensors[prefix + "encoder.layers.0.mlp.fc1.weight"]  # [I, C]
     except KeyError as err:
-        raise CheckpointError(f"{config_path.parent}: no CLIP weight {err.args[0]!r} to read the tower's shape") from None
+        raise WeightsError(f"{config_path.parent}: no CLIP weight {err.args[0]!r} to read the tower's shape") from None
     layers = {int(k.split(".")[5]) for k in tensors if k.startswith(prefix + "encoder.layers.")}
     hidden, p = patch.shape[0], patch.shape[-1]
     grid = round((positions - 1) ** 0.5)
@@ -146,7 +134,7 @@ def _tokenizer(src: Path):
     vocab = tokenizer.get_vocab()
     missing = [t for t in ADDED_TOKENS if t not in vocab]
     if missing:
-        raise CheckpointError(f"{src}: the tokenizer lacks NExT-Chat's tokens {missing}")
+        raise WeightsError(f"{src}: the tokenizer lacks NExT-Chat's tokens {missing}")
     if tokenizer.pad_token is None:  # NExT-Chat pads with unk
         tokenizer.pad_token = tokenizer.unk_token
     # NExT-Chat added `<at>`/`<boxes>` as special tokens, which `decode(skip_special_tokens=True)` would drop; the
@@ -155,7 +143,7 @@ def _tokenizer(src: Path):
     ids = [vocab[codec.trigger], vocab[codec.slot]]
     tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in (codec.trigger, codec.slot)])
     if tokenizer.convert_tokens_to_ids([codec.trigger, codec.slot]) != ids:
-        raise CheckpointError(f"{src}: re-adding <at>/<boxes> as ordinary tokens changed their ids")
+        raise WeightsError(f"{src}: re-adding <at>/<boxes> as ordinary tokens changed their ids")
     return tokenizer
 
 
@@ -173,10 +161,10 @@ def import_nextchat(src, out, *, vision_config=None, sam_decoder_heads: int = 8,
     try:
         fields = json.loads(config_path.read_text())
     except (OSError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{config_path}: cannot read the checkpoint config: {err}") from err
+        raise WeightsError(f"{config_path}: cannot read the checkpoint config: {err}") from err
     if fields.get("model_type") != KIND:
-        raise CheckpointError(f"{config_path}: model_type is {fields.get('model_type')!r}, not {KIND!r}")
-    tensors = read_tensors(src)
+        raise WrongKind(f"{config_path}: model_type is {fields.get('model_type')!r}, not {KIND!r}")
+    tensors = read_state_dict(src)
     tokenizer = _tokenizer(src)
     depth = _projector_depth(tensors, config_path)
     vision, vision_source = _vision_config(tensors, fields, vision_config, config_path)
@@ -184,11 +172,11 @@ def import_nextchat(src, out, *, vision_config=None, sam_decoder_heads: int = 8,
     text = LlamaConfig(**{k: v for k, v in fields.items() if k not in _NEXTCHAT_FIELDS})
     embed_rows = tensors.get("model.embed_tokens.weight")
     if embed_rows is not None and embed_rows.shape[0] != text.vocab_size:
-        raise CheckpointError(
+        raise WeightsError(
             f"{config_path}: vocab_size {text.vocab_size} but model.embed_tokens.weight has {embed_rows.shape[0]} rows"
         )
     if len(tokenizer) > text.vocab_size:
-        raise CheckpointError(f"{src}: the tokenizer has {len(tokenizer)} tokens, the model {text.vocab_size} rows")
+        raise WeightsError(f"{src}: the tokenizer has {len(tokenizer)} tokens, the model {text.vocab_size} rows")
 
     sam_tensors = {k.removeprefix("sam.model."): v for k, v in tensors.items() if k.startswith("sam.model.")}
     has_seg = bool(sam_tensors) or any(k.startswith("seg_prompt_mlp.") for k in tensors)
@@ -196,7 +184,7 @@ def import_nextchat(src, out, *, vision_config=None, sam_decoder_heads: int = 8,
     head = {**codec.head_settings(tokenizer), "mask_decoder": "sam" if has_seg else False}
     if has_seg:
         if not sam_tensors:
-            raise CheckpointError(f"{src}: seg_prompt_mlp.* without the sam.model.* weights it prompts")
+            raise WeightsError(f"{src}: seg_prompt_mlp.* without the sam.model.* weights it prompts")
         sam_config = infer_sam_config(sam_tensors, decoder_heads=sam_decoder_heads)
         head.update(sam_config=sam_config.to_dict(), sam_pixel_mean=CLIP_MEAN, sam_pixel_std=CLIP_STD)
     patch_id = tokenizer.convert_tokens_to_ids(IMAGE_PATCH)
@@ -210,37 +198,20 @@ def import_nextchat(src, out, *, vision_config=None, sam_decoder_heads: int = 8,
         eos_token_id=tokenizer.eos_token_id,
     )
 
-    state: dict[str, torch.Tensor] = {}
-    unknown: list[str] = []
-    dropped: list[str] = []
-    for key, value in tensors.items():
-        if key.startswith("sam.model."):
-            continue
-        if _DROPPED.search(key):
-            dropped.append(key)
-            continue
-        new = groundlm_key(key, depth)
-        if new is None:
-            unknown.append(key)
-        else:
-            state[new] = value
+    # SAM's keys are renamed by its own table first; every other key by `groundlm_key`
+    dropped = sorted(k for k in tensors if _DROPPED.search(k))
+    source = {k: v for k, v in tensors.items() if not k.startswith("sam.model.") and k not in dropped}
     if sam_tensors:
         sam_state, sam_unknown = sam_state_dict(sam_tensors)
-        state.update({f"location_heads.mask_decoder.sam.{k}": v for k, v in sam_state.items()})
-        unknown += [f"sam.model.{k}" for k in sam_unknown]
-    if unknown:
-        raise CheckpointError(f"{src}: {len(unknown)} weights have no place in groundlm: {sorted(unknown)}")
+        if sam_unknown:
+            raise WeightsError(f"{src}: SAM weights with no place in SamModel: {sorted(sam_unknown)}")
+        source.update({f"{_SAM_PREFIX}{k}": v for k, v in sam_state.items()})
 
+    def rename(key: str) -> str | None:
+        return key if key.startswith(_SAM_PREFIX) else groundlm_key(key, depth)
+
+    state = match_weights(source, rename, expected_weights(config)[0], where=str(src))
     model = GroundLMForConditionalGeneration(config)
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    extra = sorted(set(state) - set(expected))
-    if missing or extra:
-        raise CheckpointError(f"{src}: groundlm weights the checkpoint does not give: {missing}; unplaced: {extra}")
-    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}" for k in state
-             if state[k].shape != expected[k].shape]
-    if wrong:
-        raise CheckpointError(f"{src}: shapes differ from the config's model: {wrong}")
     model.load_state_dict(state, strict=True)
     if dtype is not None:
         model = model.to(dtype)
@@ -265,4 +236,4 @@ def import_nextchat(src, out, *, vision_config=None, sam_decoder_heads: int = 8,
     return report
 
 
-__all__ = ["ADDED_TOKENS", "KIND", "CheckpointError", "groundlm_key", "import_nextchat", "read_tensors"]
+__all__ = ["ADDED_TOKENS", "KIND", "groundlm_key", "import_nextchat", "looks_like"]
