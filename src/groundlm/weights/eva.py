@@ -136,8 +136,10 @@ def eva_to_blip2_vision(
         if len(pair) == 2:  # [3C]: q bias, no k bias, v bias, as EVA's Attention.forward concatenates them
             q, v = pair["attn.q_bias"], pair["attn.v_bias"]
             state[f"encoder.layers.{index}.self_attn.qkv.bias"] = torch.cat([q, torch.zeros_like(q), v])
-    state["post_layernorm.weight"] = ln_vision["weight"]
-    state["post_layernorm.bias"] = ln_vision["bias"]
+    state["post_layernorm.weight"] = ln_vision[
+        "weight"
+    ].clone()  # its own storage: ln_vision is used elsewhere too
+    state["post_layernorm.bias"] = ln_vision["bias"].clone()
     missing = [n for n in _expected_names(config) if n not in state]
     return state, unused, missing
 

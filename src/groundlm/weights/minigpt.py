@@ -37,6 +37,7 @@ from __future__ import annotations
 import json
 import pickle
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -181,7 +182,10 @@ def _attach_lora(
     config = LoraConfig(
         r=ranks.pop(), lora_alpha=alpha, lora_dropout=0.05, target_modules=targets, bias="none"
     )
-    peft_model = get_peft_model(lm, config)
+    with warnings.catch_warnings():
+        # peft reads transformers' deprecated `is_gradient_checkpointing`; nothing for a user to act on.
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        peft_model = get_peft_model(lm, config)
     expected = {n for n, _ in peft_model.named_parameters() if ".lora_A." in n or ".lora_B." in n}
     missing, extra = sorted(expected - set(lora)), sorted(set(lora) - expected)
     if missing or extra:

@@ -76,21 +76,21 @@ def lavis_to_blip2_qformer(
 ) -> tuple[dict[str, torch.Tensor], list[str], list[str]]:
     """Map the `Qformer.*` names of `weights` onto `Blip2QFormerModel`'s state dict.
 
-    Returns (state dict, known names dropped (the text path), names not understood).
+    Returns (state dict, known names dropped (the text path, BLIP-2's heads), `Qformer.*` names not understood).
     """
     state: dict[str, torch.Tensor] = {}
     dropped: list[str] = []
     unknown: list[str] = []
     for name, tensor in weights.items():
-        if not is_qformer_name(name):
-            continue
         layer = _LAYER.fullmatch(name)
-        if name.startswith("Qformer.bert.embeddings.LayerNorm."):
+        if UNUSED.fullmatch(name):
+            dropped.append(name)
+        elif not is_qformer_name(name):
+            continue
+        elif name.startswith("Qformer.bert.embeddings.LayerNorm."):
             state["layernorm." + name.rsplit(".", 1)[1]] = tensor
         elif layer and _IN_LAYER.fullmatch(layer[2]):
             state[f"encoder.layer.{layer[1]}.{layer[2].replace('.self.', '.attention.')}"] = tensor
-        elif UNUSED.fullmatch(name):
-            dropped.append(name)
         else:
             unknown.append(name)
     return state, dropped, unknown
