@@ -236,15 +236,11 @@ def _assemble(
     report: dict = {"kind": kind, "sources": sources, "dropped": [], "assumed": []}
 
     # ln_vision: from a file, or (MiniGPT-v2, MiniGPT-4 LLaMA-2) the LayerNorm init MiniGPT runs with.
-    width = (
-        weights.tensors["visual_encoder.cls_token"].shape[-1]
-        if "visual_encoder.cls_token" in weights.tensors
-        else None
-    )
-    if width is None:
+    if "visual_encoder.cls_token" not in weights.tensors:
         raise MiniGPTImportError(
             "no EVA weights: `cls_token` (visual_encoder.cls_token) is in none of the files"
         )
+    width = weights.tensors["visual_encoder.cls_token"].shape[-1]
     if all(n in weights.tensors for n in _LN_VISION):
         ln_vision = {"weight": weights.tensors["ln_vision.weight"], "bias": weights.tensors["ln_vision.bias"]}
     elif require_ln_vision:
