@@ -23,8 +23,9 @@ class GroundLMConfig(PreTrainedConfig):
     """Configuration of a `GroundLMForConditionalGeneration`.
 
     Args:
-        vision_config: the vision tower's config (CLIP `clip_vision_model`, SigLIP `siglip_vision_model` or
-            ViT `vit`), as a config object or a dict with a `model_type`. Defaults to a CLIP vision config.
+        vision_config: the vision tower's config (CLIP `clip_vision_model`, SigLIP `siglip_vision_model`, ViT
+            `vit` or BLIP-2's EVA ViT-g `blip_2_vision_model`), as a config object or a dict with a `model_type`.
+            Defaults to a CLIP vision config.
         text_config: the causal language model's config (Llama first), as a config object or a dict with a
             `model_type`. Defaults to a Llama config.
         qformer_config: the Q-Former's `Blip2QFormerConfig` (or a dict), used only by the `qformer` connector.

@@ -1,8 +1,10 @@
 """The vision tower: build it from a config or load it from a local checkpoint, and select its features.
 
-Towers are plain transformers vision models: `CLIPVisionModel`, `SiglipVisionModel` or `ViTModel` (without its
-pooler, which groundlm never uses). Features are one hidden state of the tower (LLaVA's
-`mm_vision_select_layer`), with or without the CLS token.
+Towers are plain transformers vision models: `CLIPVisionModel`, `SiglipVisionModel`, `ViTModel` (without its
+pooler, which groundlm never uses) or `Blip2VisionModel` (BLIP-2's EVA-CLIP ViT-g, MiniGPT-4 and MiniGPT-v2's
+tower). Features are one hidden state of the tower (LLaVA's `mm_vision_select_layer`), with or without the CLS
+token: hidden states come before a tower's final norm (SigLIP's and BLIP-2's `post_layernorm`), so MiniGPT's
+`ln_vision` is groundlm's own norm after the tower (`vision_feature_norm`, or the Q-Former connector's).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import (
     AutoConfig,
-    AutoModel,
+    Blip2VisionModel,
     CLIPVisionModel,
     PreTrainedConfig,
     PreTrainedModel,
@@ -36,6 +38,8 @@ _TOWERS = {
     "siglip_vision_model": _Tower(SiglipVisionModel, has_cls_token=False),
     # ViT's pooler (a dense layer on CLS) would never get gradients: groundlm reads hidden states only.
     "vit": _Tower(ViTModel, has_cls_token=True, kwargs={"add_pooling_layer": False}),
+    # EVA-CLIP ViT-g as BLIP-2 uses it (fused qkv with q/v biases); AutoModel does not map its config.
+    "blip_2_vision_model": _Tower(Blip2VisionModel, has_cls_token=True),
 }
 VISION_TOWERS = tuple(_TOWERS)
 # `default` drops the CLS token when the tower has one; `full` keeps every token.
@@ -54,8 +58,9 @@ def tower_has_cls_token(vision_config: PreTrainedConfig) -> bool:
 
 
 def build_vision_tower(vision_config: PreTrainedConfig) -> PreTrainedModel:
-    """A randomly initialised vision tower for `vision_config` (CLIP, SigLIP or ViT)."""
-    return AutoModel.from_config(vision_config, **_tower(vision_config.model_type).kwargs)
+    """A randomly initialised vision tower for `vision_config` (CLIP, SigLIP, ViT or BLIP-2's EVA ViT)."""
+    tower = _tower(vision_config.model_type)
+    return tower.model_class._from_config(vision_config, **tower.kwargs)
 
 
 def load_vision_tower(path_or_id: str | os.PathLike, *, dtype: torch.dtype | None = None) -> PreTrainedModel:

@@ -33,6 +33,7 @@ from .llava import import_llava
 from .llava import looks_like as looks_like_llava
 from .llava_hf import import_llava_hf
 from .llava_hf import looks_like as looks_like_llava_hf
+from .minigpt import import_minigpt4, import_minigptv2
 from .nextchat import import_nextchat
 from .nextchat import looks_like as looks_like_nextchat
 
@@ -40,6 +41,8 @@ from .nextchat import looks_like as looks_like_nextchat
 IMPORTERS: dict[str, Callable[..., None]] = {
     "llava-hf": import_llava_hf,
     "llava": import_llava,
+    "minigptv2": import_minigptv2,  # the released .pth; options eva=, llm= (and merge_lora=)
+    "minigpt4": import_minigpt4,  # the released .pth; options eva=, llm=, qformer=
     "nextchat": import_nextchat,
 }
 

@@ -55,7 +55,7 @@ def load_pickle(path: Path) -> object:
         raise WeightsError(f"{path}: not a readable torch checkpoint (loaded with weights_only=True): {err}") from err
 
 
-def _tensors(value: object, path: Path) -> dict[str, torch.Tensor]:
+def as_state_dict(value: object, path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(value, dict) or not all(isinstance(v, torch.Tensor) for v in value.values()):
         raise WeightsError(f"{path}: expected a flat mapping of names to tensors (a state dict)")
     return dict(value)
@@ -68,7 +68,7 @@ def read_file(path: Path) -> dict[str, torch.Tensor]:
             return load_file(path)
         except Exception as err:  # safetensors raises its own error types for bad headers
             raise WeightsError(f"{path}: not a readable safetensors file: {err}") from err
-    return _tensors(load_pickle(path), path)
+    return as_state_dict(load_pickle(path), path)
 
 
 # The weight files of a transformers directory, in the order they are looked for: single file, then shards.
