@@ -193,3 +193,33 @@ def test_llava_json_round_trips_through_from_llava_with_the_same_codec(tmp_path,
     side = max(300, 200)
     for got, want in zip(back.objects, record.objects, strict=True):
         assert all(abs(a - b) <= BIN[name] * side + 1e-6 for a, b in zip(got.box, want.box, strict=True))
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize("name", [*sorted(BIN), "qwen2_5_vl"])
+def test_refcoco_boxes_exported_in_every_codec_read_back_at_iou_above_half(name):
+    """Real RefCOCO testA boxes (MiniGPT-v2's evaluation JSON) written through each codec and read back by the
+    same codec score Acc@0.5 = 1: the exporter's frames and pixels are right on real, non-square images."""
+    from groundlm.data.importers import from_minigptv2_refcoco
+    from groundlm.geometry import box_iou
+
+    from .conftest import REALDATA
+
+    path = REALDATA / "refcoco_minigptv2" / "refcoco_testA.json"
+    if not path.is_file():
+        pytest.skip(f"real data not present: {path}")
+    records = from_minigptv2_refcoco(path)
+    exporter = Qwen25VLExporter() if name == "qwen2_5_vl" else LlavaExporter(codec=name)
+    codec = CODECS[name](_Settings(name))
+    worst = 1.0
+    for record in records:
+        width, height = record.meta["width"], record.meta["height"]
+        answer = exporter.row(record, None)["conversations"][-1]["value"]
+        if name == "qwen2_5_vl":  # pixels of the original image
+            (obj,) = CODECS[name](_Settings(name, image_size=max(width, height))).parse(answer)
+            box = [v * max(width, height) for v in obj.box_norm]
+        else:
+            (obj,) = codec.parse(answer)
+            box = Frame(width, height, getattr(codec, "frame", "resize")).denormalize(obj.box_norm)
+        worst = min(worst, box_iou(box, record.objects[0].box))
+    assert len(records) == 5657 and worst >= 0.5, worst
