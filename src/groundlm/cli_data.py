@@ -154,15 +154,16 @@ IMPORT_FORMATS: dict[str, ImportFormat] = {
 }  # fmt: skip
 
 
+def _given(options: dict) -> dict:
+    """The options set on the command line (None and an unset flag mean not given; 0 is a value)."""
+    return {k: v for k, v in options.items() if v is not None and v is not False}
+
+
 def _check_options(fmt: str, given: dict, applies: tuple[str, ...]) -> None:
-    for name, value in given.items():
-        if value not in (None, False) and name not in applies:
+    for name in _given(given):
+        if name not in applies:
             flag = "--" + name.replace("_", "-")
             _fail(f"{flag} does not apply to {fmt} (it takes: {', '.join(applies) or 'no options'})")
-
-
-def _formats_help(names) -> str:
-    return ", ".join(names)
 
 
 @contextmanager
@@ -189,7 +190,7 @@ def _size(path: Path) -> int:
 
 
 def data_import(
-    fmt: str = typer.Argument(..., metavar="FORMAT", help="One of: " + _formats_help(IMPORT_FORMATS)),
+    fmt: str = typer.Argument(..., metavar="FORMAT", help="One of: " + ", ".join(IMPORT_FORMATS)),
     src: Path = typer.Argument(..., help="The source file (or folder for flickr30k-*)."),
     out: Path = typer.Option(..., "--out", help="Folder to write records.jsonl into."),
     image_root: Path = typer.Option(None, help="Folder the source's image paths are relative to (image sizes)."),
@@ -208,7 +209,7 @@ def data_import(
     from .records import RecordValidationError, write_jsonl
 
     if fmt not in IMPORT_FORMATS:
-        _fail(f"unknown import format {fmt!r}; choose one of {_formats_help(IMPORT_FORMATS)}")
+        _fail(f"unknown import format {fmt!r}; choose one of {', '.join(IMPORT_FORMATS)}")
     spec = IMPORT_FORMATS[fmt]
     given = {"image_root": image_root, "codec": codec, "annotations": annotations, "label_map": label_map,
              "crowd": crowd, "seed": seed}
@@ -271,7 +272,7 @@ def data_export(
     if not records_file.is_file():
         _fail(f"{records_file} not found")
     try:
-        exporter = ctor(**{k: v for k, v in given.items() if v not in (None, False)})
+        exporter = ctor(**_given(given))
         records = read_jsonl(records_file)
     except (ValueError, RecordValidationError, OSError) as err:
         _fail(str(err))
