@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from .cli_data import data_export, data_import
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Grounded vision-language models.")
 
 
@@ -219,8 +221,10 @@ def serve(
         _fail(str(err))
 
 
-data_app = typer.Typer(no_args_is_help=True, help="Make, check and look at record files.")
+data_app = typer.Typer(no_args_is_help=True, help="Make, import, export, check and look at record files.")
 app.add_typer(data_app, name="data")
+data_app.command("import")(data_import)
+data_app.command("export")(data_export)
 
 
 @data_app.command("shapes")

@@ -128,7 +128,8 @@ def build_sources(
         if not path.is_file():
             raise RecipeError(
                 f"{where}.data[{j}].records: {path} not found (convert the data to records with "
-                "`groundlm data`, or try the recipe with --dry-run, which stands ShapesWorld in for it)"
+                "`groundlm data import FORMAT SRC --out DIR`, or try the recipe with --dry-run, which stands "
+                "ShapesWorld in for it)"
             )
         datasets[spec.name] = RecordsSource(spec, processor)
     sources = [Source(s.name, len(datasets[s.name]), s.ratio) for s in specs]

@@ -10,6 +10,8 @@
 - ``from_minigptv2_refcoco``, ``load_refer``, ``from_refer_rec``, ``from_refer_reg`` (``refer``)
 - ``from_flickr30k_grounding``, ``from_flickr30k_detection`` (``flickr``)
 - ``from_llava``, ``from_swift`` (``chat``)
+- ``from_coco_instances``     (``coco_instances``) COCO ``instances_*.json`` → ``[detection]`` records per category
+- ``from_odvg``               (``odvg``) Grounding DINO's ODVG JSONL → ``[detection]`` and ``[grounding]`` records
 
 Conventions shared by all of them: without an ``rng`` the instruction is MiniGPT-v2's evaluation prompt
 (and a fixed answer is picked, e.g. the first caption); with a ``random.Random`` the instruction (and such
@@ -23,7 +25,9 @@ and counted in the ``ImportReport`` passed as ``report`` (see ``base``).
 from .base import ImportOptions, ImportReport, ImportRowError
 from .chat import from_llava, from_swift
 from .coco import from_coco_captions, from_gqa, from_llava_caps_boxes, from_okvqa, from_pope, from_vqav2
+from .coco_instances import from_coco_instances
 from .flickr import from_flickr30k_detection, from_flickr30k_grounding
+from .odvg import from_odvg
 from .refer import (
     ReferObject,
     from_minigptv2_refcoco,
@@ -39,12 +43,14 @@ __all__ = [
     "ImportRowError",
     "ReferObject",
     "from_coco_captions",
+    "from_coco_instances",
     "from_flickr30k_detection",
     "from_flickr30k_grounding",
     "from_gqa",
     "from_llava",
     "from_llava_caps_boxes",
     "from_minigptv2_refcoco",
+    "from_odvg",
     "from_okvqa",
     "from_pope",
     "from_refer_rec",

@@ -45,6 +45,8 @@ class ImportReport:
     rows: int = 0
     records: int = 0
     skipped: Counter = field(default_factory=Counter)
+    # called once per row read, e.g. to advance a progress bar (`groundlm data import`)
+    on_row: Callable[[], None] | None = field(default=None, repr=False, compare=False)
 
     def skip(self, reason: str, n: int = 1) -> None:
         """Count ``n`` skipped rows (or parts of rows) under ``reason``."""
@@ -132,6 +134,8 @@ class Importer:
         out: list[T] = []
         for index, (where, row) in enumerate(rows):
             self.report.rows += 1
+            if self.report.on_row is not None:
+                self.report.on_row()
             try:
                 items = list(convert(index, row))
                 for item in items:
