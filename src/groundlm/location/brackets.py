@@ -200,7 +200,7 @@ class _BracketCodec(WrittenLocations):
                 phrase, start, boxes = _phrase(gap), m.start(), []
                 if phrase is not None:
                     region = gap[max(gap.rfind(c) for c in _BOUNDARIES) + 1 :]
-                    if region.rstrip()[-1:] in tuple(_TRIM):  # punctuation between the words and the box: no tie
+                    if region.rstrip()[-1:] in tuple(_TRIM):  # punctuation between words and box: no tie
                         phrase = None
                     else:  # the replacement starts at the words, after the punctuation and space before them
                         start = end + len(gap) - len(region.lstrip(_TRIM))

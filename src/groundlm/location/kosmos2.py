@@ -186,9 +186,9 @@ class Kosmos2LocationCodec(WrittenLocations):
                 plain(owner)
                 out.replace(start, end, out.slots(boxes))
             else:
-                words = owner.group("words")
-                space = " " if words[:1].isspace() and owner.start() and not text[owner.start() - 1].isspace() else ""
-                out.replace(owner.start(), end, space + tagged(words) + out.slots(boxes))
+                words, at = owner.group("words"), owner.start()
+                space = " " if words[:1].isspace() and at and not text[at - 1].isspace() else ""
+                out.replace(at, end, space + tagged(words) + out.slots(boxes))
             start, owner, cells, boxes = -1, None, [], []
 
         last = 0

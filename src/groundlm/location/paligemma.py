@@ -113,8 +113,8 @@ class PaliGemmaLocationCodec(WrittenLocations):
 
         for m in _DETECTION.finditer(text):
             values = [int(t) for t in _LOC.findall(m.group("run"))]
-            found = [self.dequantize(values[i : i + 4]) for i in range(0, len(values) - 3, 4)
-                     if max(values[i : i + 4]) <= _STEPS]
+            quads = [values[i : i + 4] for i in range(0, len(values) - 3, 4)]
+            found = [self.dequantize(q) for q in quads if max(q) <= _STEPS]
             words = m.group("words")
             if not found:  # not a detection: it stays, and it ends the group before it
                 flush()

@@ -95,7 +95,9 @@ def pair_slots(
     format's phrase tag turned into the record's; empty words stay as they were), and a location without a
     valid box stays as it was written. Never raises: a failure gives `text` unchanged and no boxes.
     """
-    return slots_never_raising(lambda t, k: _pair_slots(t, pattern, boxes_of, k, keeps_phrase_until), text, first)
+    return slots_never_raising(
+        lambda t, k: _pair_slots(t, pattern, boxes_of, k, keeps_phrase_until), text, first
+    )
 
 
 def _pair_slots(text, pattern, boxes_of, first, keeps_phrase_until) -> tuple[str, list[BoxNorm]]:
