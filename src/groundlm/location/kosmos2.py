@@ -184,11 +184,11 @@ class Kosmos2LocationCodec(WrittenLocations):
                 plain(owner)
             elif owner is None or not owner.group("words").strip():
                 plain(owner)
-                out.replace(start, end, out.slots(boxes))
+                out.bare(start, end, boxes)
             else:
                 words, at = owner.group("words"), owner.start()
                 space = " " if words[:1].isspace() and at and not text[at - 1].isspace() else ""
-                out.replace(at, end, space + tagged(words) + out.slots(boxes))
+                out.replace(at, end, space + tagged(words) + out.slots(boxes), phrase=True)
             start, owner, cells, boxes = -1, None, [], []
 
         last = 0

@@ -124,8 +124,9 @@ class PaliGemmaLocationCodec(WrittenLocations):
             joined = start >= 0 and mine == phrase and _BETWEEN.fullmatch(text, end, m.start()) is not None
             if not joined:
                 flush()
-                if start >= 0 and _BETWEEN.fullmatch(text, end, m.start()):  # adjacent groups: no separator
-                    out.replace(end, m.start(), "")
+                if start >= 0 and _BETWEEN.fullmatch(text, end, m.start()):
+                    # adjacent groups: no separator, but a space before bare slots (else the phrase's)
+                    out.replace(end, m.start(), "" if mine is not None else " ")
                 start, phrase, boxes = m.start(), mine, []
             boxes += found
             end = m.end() - (len(words) - len(words.rstrip()))

@@ -184,6 +184,7 @@ class Qwen25VLLocationCodec(WrittenLocations):
         joined = False  # whether this object continues the JSON list of the one before
         for i, (start, end, lab, found) in enumerate(objects):
             merge = joined and objects[i - 1][2] == lab  # one label in a row: one phrase, several slots
+            joined_before = joined
             if not joined:  # a list starts here: back over the `{`, `[` and fence that open it
                 opening = _LIST_START.search(text, last, start)
                 last = opening.start() if opening else start
@@ -191,7 +192,9 @@ class Qwen25VLLocationCodec(WrittenLocations):
             joined = nxt >= 0 and _NEXT_OBJECT.fullmatch(text, end, nxt) is not None
             closing = None if joined else _LIST_END.match(text, end)
             stop = closing.end() if closing else end
-            out.replace(last, stop, ("" if merge or lab is None else f"<p>{lab}</p>") + out.slots(found))
+            # bare slots right after a phrase's get a space, else they would be the phrase's
+            prefix = "" if merge else " " if lab is None and joined_before else "" if lab is None else f"<p>{lab}</p>"
+            out.replace(last, stop, prefix + out.slots(found))
             last = stop
         return out.result()
 

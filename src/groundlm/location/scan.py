@@ -127,10 +127,10 @@ def _pair_slots(text, pattern, boxes_of, first, keeps_phrase_until) -> tuple[str
             if pending is not None:
                 out.replace(pending.start(), pending.end(), f"<p>{words}</p>")
                 pending = None
-            out.replace(phrase_end, m.end(), out.slots(boxes))
+            out.replace(phrase_end, m.end(), out.slots(boxes), phrase=True)
         else:
             write_pending()
-            out.replace(m.start(), m.end(), out.slots(boxes))
+            out.bare(m.start(), m.end(), boxes)
         if owned and keeps_phrase_until is not None:
             phrase_end = keeps_phrase_until(text, m.end())
         else:
@@ -148,13 +148,22 @@ class SlotText:
         self.boxes: list[BoxNorm] = []
         self._parts: list[str] = []
         self._pos = 0
+        self._phrase_end = -1  # where the last slots written for a phrase end in `text`
 
-    def replace(self, start: int, end: int, new: str) -> None:
-        """Copy the text up to `start`, then write `new` instead of `text[start:end]` (spans in reading order)."""
+    def replace(self, start: int, end: int, new: str, *, phrase: bool = False) -> None:
+        """Copy the text up to `start`, then write `new` instead of `text[start:end]` (spans in reading order);
+        `phrase`: `new` ends with a phrase's slots."""
         if start > self._pos:
             self._parts.append(self.text[self._pos : start])
         self._parts.append(new)
         self._pos = max(self._pos, end)
+        self._phrase_end = end if phrase else -1
+
+    def bare(self, start: int, end: int, boxes: Sequence[BoxNorm]) -> None:
+        """Write slots without a phrase instead of `text[start:end]`; right after a phrase's slots they get a
+        space before them, since `<p>a</p><box:0><box:1>` would make them the phrase's."""
+        space = " " if self._phrase_end == start else ""
+        self.replace(start, end, space + self.slots(boxes))
 
     def slots(self, boxes: Sequence[BoxNorm]) -> str:
         """The next slots, one per box, with their boxes kept."""
