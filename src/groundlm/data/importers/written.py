@@ -95,8 +95,12 @@ class WrittenLocations:
         for box, label in zip(boxes, labels, strict=True):
             if scale is not None:  # input pixels → [0, 1] of the input, a resize of the original image
                 side = max(scale)
-                box = (box[0] * side / scale[0], box[1] * side / scale[1], box[2] * side / scale[0],
-                       box[3] * side / scale[1])
+                box = (
+                    box[0] * side / scale[0],
+                    box[1] * side / scale[1],
+                    box[2] * side / scale[0],
+                    box[3] * side / scale[1],
+                )
             objects.append(GroundTruthObject(box=frame.denormalize(box), label=label))
         return objects
 
