@@ -56,7 +56,18 @@ from typing import ClassVar
 
 from .codec import WrittenLocations
 from .objects import BoxNorm, GroundedObject
-from .scan import PHRASE_TOKENS, check_bins, check_four, checked_box, markup, never_raising, slot_texts, tidy
+from .scan import (
+    PHRASE_TOKENS,
+    SlotText,
+    check_bins,
+    check_four,
+    checked_box,
+    markup,
+    never_raising,
+    slot_texts,
+    slots_never_raising,
+    tidy,
+)
 
 # Far below one bin, far above float rounding error: exact grid values a hair below stay on their bin
 # (`0.29 * 1000` style rounding), as the text codec does.
@@ -162,6 +173,41 @@ class _BracketCodec(WrittenLocations):
             objects.extend(GroundedObject(phrase, box) for box in self._boxes(m.group(0)))
             end = m.end()
         return objects
+
+    def to_slots(self, text: str, first: int = 0) -> tuple[str, list[BoxNorm]]:
+        """`A man [..] rides a horse [..].` → `<p>A man</p><box:0> <p>rides a horse</p><box:1>.` (the inverse of
+        `render`). The phrase is the one `parse` reads (the words since the previous box or sentence boundary),
+        so the same guess applies: a box gets `<p>…</p>` only when nothing but spaces stands between those
+        words and it (`the cat, [..]` keeps its words and a bare slot). Boxes of one phrase (`[a;b]`,
+        `[..], [..]`) become adjacent slots. A location without a valid box stays as written. Never raises."""
+        return slots_never_raising(self._to_slots, text, first)
+
+    def _to_slots(self, text: str, first: int) -> tuple[str, list[BoxNorm]]:
+        out = SlotText(text, first)
+        start = end = 0  # the current group: where its replacement starts, the end of its last location
+        phrase: str | None = None
+        boxes: list[BoxNorm] = []
+        same_phrase = _SAME_PHRASE.fullmatch
+
+        def flush() -> None:
+            if boxes:
+                out.replace(start, end, ("" if phrase is None else f"<p>{phrase}</p>") + out.slots(boxes))
+
+        for m in self._scan.finditer(text):
+            if not (end and same_phrase(text, end, m.start())):
+                flush()
+                gap = text[end : m.start()]
+                phrase, start, boxes = _phrase(gap), m.start(), []
+                if phrase is not None:
+                    region = gap[max(gap.rfind(c) for c in _BOUNDARIES) + 1 :]
+                    if region.rstrip()[-1:] in tuple(_TRIM):  # punctuation between words and box: no tie
+                        phrase = None
+                    else:  # the replacement starts at the words, after the punctuation and space before them
+                        start = end + len(gap) - len(region.lstrip(_TRIM))
+            boxes += self._boxes(m.group(0))
+            end = m.end()
+        flush()
+        return out.result()
 
     def strip(self, text: str) -> str:
         """The answer for people: locations (with the commas joining them) and phrase tags removed."""

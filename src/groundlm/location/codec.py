@@ -3,7 +3,8 @@
 Everything outside this package talks to a codec only through these methods, so a new location format is a
 new module here plus a line in `make_codec` (`__init__.py`). Three kinds of work go through it:
 - text: `render` writes `<box:i>` slots in the model's format, `parse` reads grounded objects back (never
-  raising), `strip` leaves the words for people, `special_tokens` lists what the tokenizer must keep whole;
+  raising), `to_slots` inverts `render` (a text in the format back to record content and boxes, for importing
+  data written in it), `strip` leaves the words for people, `special_tokens` lists what the tokenizer must keep whole;
 - training: `encode_locations` gives what a sample needs beside its token ids (kept in `Encoded.locations`),
   `collate` stacks a batch of those into `LocationInputs` (the model's `location_inputs`), and
   `never_targets` names tokens that are never a label;
@@ -74,6 +75,13 @@ class LocationCodec(Protocol):
 
     def parse(self, text: str, decoded: Sequence[Sequence[float]] = ()) -> list[GroundedObject]:
         """The grounded objects of generated `text`; `decoded` holds boxes a decode hook produced. Never raises."""
+        ...
+
+    def to_slots(self, text: str, first: int = 0) -> tuple[str, list[BoxNorm]]:
+        """The inverse of `render`: `text` with every location written in this format replaced by `<box:k>`
+        slots (k numbered from `first`), each phrase the format ties to them written `<p>phrase</p>` right
+        before them, and their boxes ([0, 1] of the codec's frame) in slot order. The phrases and boxes are
+        those `parse` reads. Never raises; linear in the text."""
         ...
 
     def strip(self, text: str) -> str:

@@ -100,6 +100,11 @@ class EmbeddingLocationCodec:
         # Several boxes of one phrase: the next trigger after `<boxes>` keeps the phrase.
         return pair(text, _SCAN, next_box, _after_slot)
 
+    def to_slots(self, text: str, first: int = 0) -> tuple[str, list[BoxNorm]]:
+        """`text` unchanged and no boxes: this format writes no coordinates, so a text holds no box to read back
+        (`history` turns a generated answer into slots with its decoded boxes instead)."""
+        return (text if isinstance(text, str) else ""), []
+
     def strip(self, text: str) -> str:
         """The human-readable answer: phrases kept, `<p>` tags, `<at>` and `<boxes>` removed."""
         return tidy(text, _MARKUP) if isinstance(text, str) else ""

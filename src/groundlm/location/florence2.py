@@ -23,9 +23,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .codec import WrittenLocations
-from .objects import GroundedObject
+from .objects import BoxNorm, GroundedObject
 from .phrased import phrase_of, render_groups
-from .scan import check_bins, checked_box, markup, never_raising, ordered, tidy
+from .scan import SlotText, check_bins, checked_box, markup, never_raising, ordered, slots_never_raising, tidy
 from .tokens import TokenLocationCodec
 
 _LOC = re.compile(r"<\s*loc_(\d{1,9})\s*>")
@@ -85,6 +85,46 @@ class Florence2LocationCodec(WrittenLocations):
             last = m.end()
         flush()
         return objects
+
+    def to_slots(self, text: str, first: int = 0) -> tuple[str, list[BoxNorm]]:
+        """`a cat<loc…>×4 dog<loc…>×8` → `<p>a cat</p><box:0> <p>dog</p><box:1><box:2>` (the inverse of
+        `render`; the phrases and boxes `parse` reads): a run's phrase is all the words since the previous
+        run, as Florence-2 reads them, written `<p>…</p>` with the whitespace around them kept outside. A run
+        without a complete valid box stays as written with its words. Never raises."""
+        return slots_never_raising(self._to_slots, text, first)
+
+    def _to_slots(self, text: str, first: int) -> tuple[str, list[BoxNorm]]:
+        out = SlotText(text, first)
+        grid = self.grid
+        run: list[int] = []
+        run_start = words_start = -1  # the run's first token; where its phrase's words start (-1: none)
+        phrase: str | None = None
+        last = 0
+
+        def flush() -> None:
+            boxes: list[BoxNorm] = []
+            for start in range(0, len(run) - 3, 4):
+                q = run[start : start + 4]
+                if max(q) < self.bins:
+                    boxes.append(grid.dequantize(ordered(q)))
+            if boxes and phrase is not None:
+                out.replace(words_start, last, f"<p>{phrase}</p>" + out.slots(boxes))
+            elif boxes:
+                out.replace(run_start, last, out.slots(boxes))
+
+        for m in _LOC.finditer(text):
+            gap = text[last : m.start()]
+            if gap.strip() or not run:  # words (or the first run): a new run, the words its phrase
+                if run:
+                    flush()
+                run, run_start = [], m.start()
+                phrase = phrase_of(_NOT_PHRASE.sub(" ", gap))
+                words_start = last + len(gap) - len(gap.lstrip())
+            run.append(int(m.group(1)))
+            last = m.end()
+        if run:
+            flush()
+        return out.result()
 
     def strip(self, text: str) -> str:
         """The answer for people: words kept, location tokens (and `<s>`, `<pad>`, `<p>` tags) removed."""

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from .codec import WrittenLocations
 from .objects import BoxNorm, GroundedObject
-from .qwen_vl import NUM, RefBoxScan, pair_refs, render_slots, round_half_up
+from .qwen_vl import NUM, RefBoxScan, pair_refs, ref_slots, render_slots, round_half_up
 from .scan import checked_box, number_words, ordered, tidy
 
 _INNER = rf"\[\s*{NUM}(?:\s*,\s*{NUM})*\s*\]"
@@ -74,6 +74,11 @@ class InternVLLocationCodec(WrittenLocations):
     def parse(self, text: str, decoded: Sequence[Sequence[float]] = ()) -> list[GroundedObject]:
         """The grounded objects written in `text`, in order; never raises. `decoded` is ignored."""
         return pair_refs(text, _SCAN, self._boxes_of)
+
+    def to_slots(self, text: str, first: int = 0) -> tuple[str, list[BoxNorm]]:
+        """`<ref>cat</ref><box>[[..], [..]]</box>` → `<p>cat</p><box:0><box:1>`, and a `<ref>` without a box
+        → `<p>words</p>` (the inverse of `render`, see `qwen_vl.ref_slots`). Never raises."""
+        return ref_slots(text, _SCAN, self._boxes_of, first)
 
     def strip(self, text: str) -> str:
         """The answer for people: phrase words kept, tags and box lists removed, whitespace normalised."""

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from .codec import WrittenLocations
 from .objects import BoxNorm, GroundedObject
 from .phrased import phrase_of, render_groups
-from .scan import check_bins, checked_box, never_raising, ordered, tidy
+from .scan import SlotText, check_bins, checked_box, never_raising, ordered, slots_never_raising, tagged, tidy
 
 _PHRASE_OPEN, _PHRASE_CLOSE = "<phrase>", "</phrase>"
 _OBJECT_OPEN, _OBJECT_CLOSE = "<object>", "</object>"
@@ -157,6 +157,76 @@ class Kosmos2LocationCodec(WrittenLocations):
         if in_object:
             finish()
         return objects
+
+    def to_slots(self, text: str, first: int = 0) -> tuple[str, list[BoxNorm]]:
+        """`of<phrase> a cat</phrase><object>…</object>` → `of <p>a cat</p><box:0>` (the inverse of `render`;
+        the phrases and boxes `parse` reads): the space Kosmos-2 writes inside `<phrase>` goes back before `<p>`
+        unless the text there already ends in whitespace or starts. A `<phrase>` owning no object becomes its
+        plain words, an object without a complete box stays as written, `<grounding>` stays. Never raises."""
+        return slots_never_raising(self._to_slots, text, first)
+
+    def _to_slots(self, text: str, first: int) -> tuple[str, list[BoxNorm]]:
+        n = self.num_patches_per_side
+        out = SlotText(text, first)
+        phrase: re.Match[str] | None = None  # the phrase that may own the next object, not written yet
+        owner: re.Match[str] | None = None
+        start = end = -1  # the open object's first and last token; start < 0: none open
+        cells: list[int] = []
+        boxes: list[BoxNorm] = []
+
+        def plain(m: re.Match[str] | None) -> None:
+            if m is not None:
+                out.replace(m.start(), m.end(), m.group("words"))
+
+        def finish() -> None:
+            nonlocal start, owner, cells, boxes
+            if not boxes:
+                plain(owner)
+            elif owner is None or not owner.group("words").strip():
+                plain(owner)
+                out.bare(start, end, boxes)
+            else:
+                words, at = owner.group("words"), owner.start()
+                space = " " if words[:1].isspace() and at and not text[at - 1].isspace() else ""
+                out.replace(at, end, space + tagged(words) + out.slots(boxes), phrase=True)
+            start, owner, cells, boxes = -1, None, [], []
+
+        last = 0
+        for m in _TOKEN.finditer(text):
+            if text[last : m.start()].strip():  # words between tokens end an object and a phrase's claim
+                if start >= 0:
+                    finish()
+                plain(phrase)
+                phrase = None
+            last = m.end()
+            if m.group("words") is not None:
+                if start >= 0:
+                    finish()
+                plain(phrase)
+                phrase = m
+            elif m.group("open") is not None:
+                if start >= 0:
+                    finish()
+                start, end, owner, phrase = m.start(), m.end(), phrase, None
+            elif start < 0:  # a stray close, delimiter or patch token outside an object
+                plain(phrase)
+                phrase = None
+            else:
+                end = m.end()
+                if m.group("close") is not None:
+                    finish()
+                elif m.group("delim") is not None:
+                    cells = []
+                else:
+                    cells.append(int(m.group("patch")))
+                    if len(cells) == 2:
+                        if max(cells) < n * n:
+                            boxes.append(self.dequantize(cells[0], cells[1]))
+                        cells = []
+        if start >= 0:
+            finish()
+        plain(phrase)
+        return out.result()
 
     def strip(self, text: str) -> str:
         """The answer for people: phrase words kept, Kosmos-2 tags and patch tokens removed."""

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from .codec import WrittenLocations
 from .objects import BoxNorm, GroundedObject
 from .phrased import phrase_of, render_groups
-from .scan import checked_box, never_raising, ordered, tidy
+from .scan import SlotText, checked_box, never_raising, ordered, slots_never_raising, tidy
 
 _STEPS = 1023  # big_vision's largest bin: v * 1023 rounds to 0..1023
 _SEPARATOR = " ; "
@@ -36,6 +36,8 @@ _SEPARATOR = " ; "
 _DETECTION = re.compile(r"(?P<run>(?:<loc\d{4}>\s*)+)(?P<words>[^;<\n]*)")
 _LOC = re.compile(r"<loc(\d{4})>")
 _MARKUP = re.compile(r"<loc\d{4}>|<seg\d{3}>")
+# What `render` puts between two detections that follow each other (` ; `), with the words' trailing space.
+_BETWEEN = re.compile(r"\s*;\s*")
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,46 @@ class PaliGemmaLocationCodec(WrittenLocations):
                 if max(q) <= _STEPS:
                     objects.append(GroundedObject(phrase, self.dequantize(q)))
         return objects
+
+    def to_slots(self, text: str, first: int = 0) -> tuple[str, list[BoxNorm]]:
+        """`<loc…>×4 cat ; <loc…>×4 two dogs ; <loc…>×4 two dogs` → `<p>cat</p><box:0><p>two dogs</p><box:1>
+        <box:2>` (the inverse of `render`; the phrases and boxes `parse` reads). The ` ; ` between detections
+        that follow each other is the format's, so it goes; detections of one phrase in a row become one phrase
+        with several slots. A detection without a valid box stays as written. Never raises."""
+        return slots_never_raising(self._to_slots, text, first)
+
+    def _to_slots(self, text: str, first: int) -> tuple[str, list[BoxNorm]]:
+        out = SlotText(text, first)
+        # the group being built: its start, its end (the words without trailing space), phrase and boxes
+        start = end = -1
+        phrase: str | None = None
+        boxes: list[BoxNorm] = []
+
+        def flush() -> None:
+            if boxes:
+                out.replace(start, end, ("" if phrase is None else f"<p>{phrase}</p>") + out.slots(boxes))
+
+        for m in _DETECTION.finditer(text):
+            values = [int(t) for t in _LOC.findall(m.group("run"))]
+            quads = [values[i : i + 4] for i in range(0, len(values) - 3, 4)]
+            found = [self.dequantize(q) for q in quads if max(q) <= _STEPS]
+            words = m.group("words")
+            if not found:  # not a detection: it stays, and it ends the group before it
+                flush()
+                start, boxes = -1, []
+                continue
+            mine = phrase_of(words)
+            joined = start >= 0 and mine == phrase and _BETWEEN.fullmatch(text, end, m.start()) is not None
+            if not joined:
+                flush()
+                if start >= 0 and _BETWEEN.fullmatch(text, end, m.start()):
+                    # adjacent groups: no separator, but a space before bare slots (else the phrase's)
+                    out.replace(end, m.start(), "" if mine is not None else " ")
+                start, phrase, boxes = m.start(), mine, []
+            boxes += found
+            end = m.end() - (len(words) - len(words.rstrip()))
+        flush()
+        return out.result()
 
     def strip(self, text: str) -> str:
         """The answer for people: phrases (and `;` separators) kept, location and segmentation tokens removed."""

@@ -34,7 +34,17 @@ from ..records import BOX_SLOT
 from .codec import WrittenLocations
 from .objects import BoxNorm, GroundedObject
 from .qwen_vl import round_half_up
-from .scan import check_bins, checked_box, never_raising, number_words, ordered, slot_box, tidy
+from .scan import (
+    SlotText,
+    check_bins,
+    checked_box,
+    never_raising,
+    number_words,
+    ordered,
+    slot_box,
+    slots_never_raising,
+    tidy,
+)
 
 # optional sign and decimals: a negative number is seen whole (and dropped), a fractional pixel is read as it is
 _NUM = r"(-?\d{1,9}(?:\.\d{1,9})?)"
@@ -48,6 +58,10 @@ _TOKENS = re.compile(
 _PHRASE_RUN = re.compile(rf"(?:<p>(?P<words>[^<]*)</p>)?(?P<run>(?:{BOX_SLOT.pattern})+)")
 _PHRASE_TAGS = re.compile(r"</?p>")
 _FENCE = re.compile(r"```(?:json)?")
+# Between two objects of one JSON list, and what closes the list after its last object (`}`, `]`, the fence).
+_NEXT_OBJECT = re.compile(r"\s*\}\s*,\s*\{\s*")
+_LIST_START = re.compile(r"(?:```(?:json)?\s*)?(?:\[\s*)?(?:\{\s*)?\Z")
+_LIST_END = re.compile(r"(?:\s*\})?(?:\s*\])?(?:\s*```)?")
 
 
 def _label(token: str) -> str | None:
@@ -127,6 +141,62 @@ class Qwen25VLLocationCodec(WrittenLocations):
                 label = None
         objects.extend(GroundedObject(label, b) for b in boxes if b is not None)
         return objects
+
+    def to_slots(self, text: str, first: int = 0) -> tuple[str, list[BoxNorm]]:
+        """```` ```json\n[{"bbox_2d": [..], "label": "cat"}, {…}]\n``` ```` → `<p>cat</p><box:0>…` (the inverse of
+        an answer's `render`; the objects `parse` reads, in order). A JSON list becomes its objects' slots, with
+        its brackets, braces and fence; objects in a row with one label become one phrase with several slots, a
+        null label bare slots. Words outside the JSON stay. A prompt's inline `[x1, y1, x2, y2]` (a user turn's
+        `render`) is not read back: `parse` does not read it either, since any four numbers look like it. An
+        object without a valid bbox stays as written. Never raises."""
+        return slots_never_raising(self._to_slots, text, first)
+
+    def _to_slots(self, text: str, first: int) -> tuple[str, list[BoxNorm]]:
+        # each object read like `_parse`, with the span of its first and last bbox/label token
+        objects: list[tuple[int, int, str | None, list[BoxNorm]]] = []
+        boxes: list[BoxNorm | None] = []
+        label: str | None = None
+        start = end = -1
+
+        def close() -> None:
+            nonlocal boxes, start
+            valid = [b for b in boxes if b is not None]
+            if valid:
+                objects.append((start, end, label, valid))
+            boxes, start = [], -1
+
+        for m in _TOKENS.finditer(text):
+            if m.group("edge"):
+                if boxes:
+                    close()
+                label, start = None, -1
+                continue
+            start = m.start() if start < 0 else start
+            end = m.end()
+            if m.group("bbox"):
+                boxes.append(self._box(m.groups()[1:5]))
+            else:
+                label = _label(m.group("label")) if m.group("label") else None
+        if boxes:
+            close()
+        out = SlotText(text, first)
+        last = 0  # where the previous replacement ended
+        joined = False  # whether this object continues the JSON list of the one before
+        for i, (start, end, lab, found) in enumerate(objects):
+            merge = joined and objects[i - 1][2] == lab  # one label in a row: one phrase, several slots
+            joined_before = joined
+            if not joined:  # a list starts here: back over the `{`, `[` and fence that open it
+                opening = _LIST_START.search(text, last, start)
+                last = opening.start() if opening else start
+            nxt = objects[i + 1][0] if i + 1 < len(objects) else -1
+            joined = nxt >= 0 and _NEXT_OBJECT.fullmatch(text, end, nxt) is not None
+            closing = None if joined else _LIST_END.match(text, end)
+            stop = closing.end() if closing else end
+            # bare slots right after a phrase's get a space, else they would be the phrase's
+            prefix = "" if merge else " " if lab is None and joined_before else "" if lab is None else f"<p>{lab}</p>"
+            out.replace(last, stop, prefix + out.slots(found))
+            last = stop
+        return out.result()
 
     def strip(self, text: str) -> str:
         """The answer for people: the labels of its objects joined by ", " when it holds boxes, else the text

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from ..records import BOX_SLOT
 from .codec import WrittenLocations
 from .objects import BoxNorm, GroundedObject
-from .scan import checked_box, number_words, ordered, pair, slot_texts, tidy
+from .scan import checked_box, number_words, ordered, pair, pair_slots, slot_texts, tidy
 
 # At most 9 digits, so a runaway number never reaches int()'s digit limit (which raises).
 NUM = r"(\d{1,9})"
@@ -76,6 +76,15 @@ def pair_refs(text: str, scan: RefBoxScan, boxes_of: Callable[[re.Match[str]], l
     """The objects of `text`: each location span's boxes, owned by the phrase whose closing tag (or whose last
     owned span) it follows with only whitespace in between (`scan.pair`). Never raises: garbage gives []."""
     return pair(text, scan.pattern, boxes_of, keeps_phrase_until=lambda _text, end: end)
+
+
+def ref_slots(
+    text: str, scan: RefBoxScan, boxes_of: Callable[[re.Match[str]], list[BoxNorm]], first: int
+) -> tuple[str, list[BoxNorm]]:
+    """`text` as record content by the ownership rule of `pair_refs`: a phrase with its spans becomes
+    `<p>phrase</p><box:k>…`, and every other `<ref>` (a prompt naming what to ground) becomes `<p>words</p>`,
+    which `render` writes back as the same reference. Never raises."""
+    return pair_slots(text, scan.pattern, boxes_of, first, keeps_phrase_until=lambda _text, end: end)
 
 
 @dataclass(frozen=True)
@@ -134,6 +143,11 @@ class QwenVLLocationCodec(WrittenLocations):
         """The grounded objects written in `text`, in order; never raises. `decoded` is ignored."""
         return pair_refs(text, self._compiled, self._boxes_of)
 
+    def to_slots(self, text: str, first: int = 0) -> tuple[str, list[BoxNorm]]:
+        """`<ref>cat</ref><box>(..),(..)</box><box>…</box>` → `<p>cat</p><box:0><box:1>`, and a `<ref>`
+        without a box → `<p>words</p>` (the inverse of `render`, see `ref_slots`). Never raises."""
+        return ref_slots(text, self._compiled, self._boxes_of, first)
+
     def strip(self, text: str) -> str:
         """The answer for people: phrase words kept, tags and box spans removed, whitespace normalised."""
         return tidy(text, self._compiled.markup) if isinstance(text, str) else ""
@@ -151,4 +165,4 @@ class QwenVLLocationCodec(WrittenLocations):
         return None
 
 
-__all__ = ["QwenVLLocationCodec", "RefBoxScan", "pair_refs", "render_slots", "round_half_up"]
+__all__ = ["QwenVLLocationCodec", "RefBoxScan", "pair_refs", "ref_slots", "render_slots", "round_half_up"]

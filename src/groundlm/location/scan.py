@@ -4,6 +4,10 @@ Every codec writes a phrase as `<p>phrase</p>` directly before its location(s); 
 location looks like (text `{...}`, `<loc_k>` tokens, or an `<at>` trigger). `scanner` builds one regex that
 finds phrases and locations in reading order, and `pair` ties each location to the phrase right before it.
 The regexes take no nested quantifiers over the same characters, so parsing stays linear in the text.
+
+`to_slots` (every codec's inverse of `render`) writes a text back as record content: `SlotText` copies the text
+through and replaces spans in reading order, `pair_slots` is `pair`'s walk writing `<p>phrase</p><box:k>`
+instead of objects, and `slots_never_raising` is `never_raising` for it.
 """
 
 from __future__ import annotations
@@ -76,6 +80,122 @@ def _pair(text, pattern, boxes_of, keeps_phrase_until) -> list[GroundedObject]:
     return objects
 
 
+def pair_slots(
+    text: str,
+    pattern: re.Pattern[str],
+    boxes_of: Callable[[re.Match[str]], list[BoxNorm]],
+    first: int = 0,
+    keeps_phrase_until: Callable[[str, int], int] | None = None,
+) -> tuple[str, list[BoxNorm]]:
+    """`text` as record content (`to_slots`), by the ownership rule of `pair` over the same `pattern`.
+
+    A location with boxes becomes one `<box:k>` slot per box; a phrase that owns it is written
+    `<p>phrase</p>` right before its slots (the whitespace in between dropped), and locations it keeps owning
+    follow with the whitespace between them dropped too. Every other phrase is written `<p>words</p>` (a
+    format's phrase tag turned into the record's; empty words stay as they were), and a location without a
+    valid box stays as it was written. Never raises: a failure gives `text` unchanged and no boxes.
+    """
+    return slots_never_raising(
+        lambda t, k: _pair_slots(t, pattern, boxes_of, k, keeps_phrase_until), text, first
+    )
+
+
+def _pair_slots(text, pattern, boxes_of, first, keeps_phrase_until) -> tuple[str, list[BoxNorm]]:
+    out = SlotText(text, first)
+    pending: re.Match[str] | None = None  # a phrase not written yet
+    words: str | None = None
+    phrase_end = -1
+
+    def write_pending() -> None:
+        nonlocal pending
+        if pending is not None:
+            out.replace(pending.start(), pending.end(), tagged(pending.group("words")))
+            pending = None
+
+    for m in pattern.finditer(text):
+        if m.group("phrase") is not None:
+            write_pending()
+            pending, words, phrase_end = m, " ".join(m.group("words").split()) or None, m.end()
+            continue
+        owned = words is not None and phrase_end >= 0 and not text[phrase_end : m.start()].strip()
+        boxes = boxes_of(m)
+        if not boxes:  # not a readable location: its text stays, and it ends the phrase's claim
+            write_pending()
+            words, phrase_end = None, -1
+            continue
+        if owned:
+            if pending is not None:
+                out.replace(pending.start(), pending.end(), f"<p>{words}</p>")
+                pending = None
+            out.replace(phrase_end, m.end(), out.slots(boxes), phrase=True)
+        else:
+            write_pending()
+            out.bare(m.start(), m.end(), boxes)
+        if owned and keeps_phrase_until is not None:
+            phrase_end = keeps_phrase_until(text, m.end())
+        else:
+            words, phrase_end = None, -1
+    write_pending()
+    return out.result()
+
+
+class SlotText:
+    """`to_slots` output being built: `text` copied through in reading order, spans replaced by record markup,
+    and the boxes of the `<box:k>` slots (numbered from `first`) collected in slot order."""
+
+    def __init__(self, text: str, first: int = 0):
+        self.text, self.next = text, first
+        self.boxes: list[BoxNorm] = []
+        self._parts: list[str] = []
+        self._pos = 0
+        self._phrase_end = -1  # where the last slots written for a phrase end in `text`
+
+    def replace(self, start: int, end: int, new: str, *, phrase: bool = False) -> None:
+        """Copy the text up to `start`, then write `new` instead of `text[start:end]` (spans in reading order);
+        `phrase`: `new` ends with a phrase's slots."""
+        if start > self._pos:
+            self._parts.append(self.text[self._pos : start])
+        self._parts.append(new)
+        self._pos = max(self._pos, end)
+        self._phrase_end = end if phrase else -1
+
+    def bare(self, start: int, end: int, boxes: Sequence[BoxNorm]) -> None:
+        """Write slots without a phrase instead of `text[start:end]`; right after a phrase's slots they get a
+        space before them, since `<p>a</p><box:0><box:1>` would make them the phrase's."""
+        space = " " if self._phrase_end == start else ""
+        self.replace(start, end, space + self.slots(boxes))
+
+    def slots(self, boxes: Sequence[BoxNorm]) -> str:
+        """The next slots, one per box, with their boxes kept."""
+        k = self.next
+        self.next += len(boxes)
+        self.boxes.extend(boxes)
+        return "".join(f"<box:{i}>" for i in range(k, self.next))
+
+    def result(self) -> tuple[str, list[BoxNorm]]:
+        """The content and its slots' boxes."""
+        return "".join(self._parts) + self.text[self._pos :], self.boxes
+
+
+def tagged(words: str) -> str:
+    """A phrase as records write it, `<p>words</p>` (whitespace collapsed); blank words stay as they are."""
+    phrase = " ".join(words.split())
+    return f"<p>{phrase}</p>" if phrase else words
+
+
+def slots_never_raising(
+    write: Callable[[str, int], tuple[str, list[BoxNorm]]], text: object, first: int
+) -> tuple[str, list[BoxNorm]]:
+    """`write(text, first)`, or the text unchanged with no boxes when reading it fails ("" for a non-string):
+    importing a row must not crash on a text a format cannot read."""
+    if not isinstance(text, str):
+        return "", []
+    try:
+        return write(text, first)
+    except Exception:  # unreadable text holds no locations to convert
+        return text, []
+
+
 def markup(location: str) -> re.Pattern[str]:
     """The phrase tags or `location`: what `tidy` removes from an answer in one pass."""
     return re.compile(rf"{_PHRASE_TAGS}|{location}")
@@ -135,4 +255,22 @@ def slot_texts(
     return [box_text(slot_box(s, boxes_norm)) for s in BOX_SLOT.finditer(slots)]
 
 
-__all__ = ["PHRASE_TOKENS", "check_bins", "number_words", "check_four", "checked_box", "markup", "never_raising", "ordered", "pair", "scanner", "slot_box", "slot_texts", "tidy"]
+__all__ = [
+    "PHRASE_TOKENS",
+    "SlotText",
+    "check_bins",
+    "check_four",
+    "checked_box",
+    "markup",
+    "never_raising",
+    "number_words",
+    "ordered",
+    "pair",
+    "pair_slots",
+    "scanner",
+    "slot_box",
+    "slot_texts",
+    "slots_never_raising",
+    "tagged",
+    "tidy",
+]

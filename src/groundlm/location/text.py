@@ -40,6 +40,7 @@ from .scan import (
     markup,
     ordered,
     pair,
+    pair_slots,
     scanner,
     slot_texts,
     tidy,
@@ -125,6 +126,13 @@ class TextLocationCodec(WrittenLocations):
         `decoded` is ignored: the boxes are in the text."""
         text = text.replace(_UNK, "") if isinstance(text, str) else text
         return pair(text, _SCAN, lambda m: self._boxes_in(m.group("loc")))
+
+    def to_slots(self, text: str, first: int = 0) -> tuple[str, list[BoxNorm]]:
+        """`<p>cat</p> {<1><2><3><4>}<delim>{…}` → `<p>cat</p><box:0><box:1>` (the inverse of `render`; the
+        phrases and boxes `parse` reads). `<unk>` is dropped first, as `parse` does; a brace pair with no valid
+        box stays as written. Never raises."""
+        text = text.replace(_UNK, "") if isinstance(text, str) else text
+        return pair_slots(text, _SCAN, lambda m: self._boxes_in(m.group("loc")), first)
 
     def strip(self, text: str) -> str:
         """The human-readable answer: phrases kept, tags, boxes and `<delim>` removed, whitespace normalised."""

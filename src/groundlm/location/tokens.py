@@ -31,6 +31,7 @@ from .scan import (
     markup,
     ordered,
     pair,
+    pair_slots,
     scanner,
     slot_texts,
     tidy,
@@ -93,6 +94,11 @@ class TokenLocationCodec(WrittenLocations):
 
         `decoded` is ignored: the boxes are in the text."""
         return pair(text, _SCAN, lambda m: self._boxes(m.group("loc")))
+
+    def to_slots(self, text: str, first: int = 0) -> tuple[str, list[BoxNorm]]:
+        """`<p>cat</p><loc_a>…×4` → `<p>cat</p><box:0>`, one slot per 4 tokens of a run (the inverse of
+        `render`; the phrases and boxes `parse` reads). Never raises."""
+        return pair_slots(text, _SCAN, lambda m: self._boxes(m.group("loc")), first)
 
     def strip(self, text: str) -> str:
         """The human-readable answer: phrases kept, `<p>` tags and location tokens removed."""

@@ -9,7 +9,9 @@
 - ``from_llava_caps_boxes``   LLaVA's caps_boxes JSONL → ``[caption]`` and ``[detection]`` records
 - ``from_minigptv2_refcoco``, ``load_refer``, ``from_refer_rec``, ``from_refer_reg`` (``refer``)
 - ``from_flickr30k_grounding``, ``from_flickr30k_detection`` (``flickr``)
-- ``from_llava``, ``from_swift`` (``chat``)
+- ``from_llava``, ``from_sharegpt``, ``from_swift`` (``chat``): LLaVA / LLaMA-Factory sharegpt / ms-swift
+  conversations (InternVL's grounding JSONL and Qwen2.5-VL's fine-tuning JSON are LLaVA's layout); with
+  ``codec`` the boxes written in a model's format become slots and objects (``written``)
 - ``from_coco_instances``     (``coco_instances``) COCO ``instances_*.json`` → ``[detection]`` records per category
 - ``from_odvg``               (``odvg``) Grounding DINO's ODVG JSONL → ``[detection]`` and ``[grounding]`` records
 
@@ -23,7 +25,7 @@ and counted in the ``ImportReport`` passed as ``report`` (see ``base``).
 """
 
 from .base import ImportOptions, ImportReport, ImportRowError
-from .chat import from_llava, from_swift
+from .chat import from_llava, from_sharegpt, from_swift
 from .coco import from_coco_captions, from_gqa, from_llava_caps_boxes, from_okvqa, from_pope, from_vqav2
 from .coco_instances import from_coco_instances
 from .flickr import from_flickr30k_detection, from_flickr30k_grounding
@@ -55,6 +57,7 @@ __all__ = [
     "from_pope",
     "from_refer_rec",
     "from_refer_reg",
+    "from_sharegpt",
     "from_swift",
     "from_vqav2",
     "load_refer",

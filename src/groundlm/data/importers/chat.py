@@ -4,7 +4,14 @@
 - ``from_llava``: a JSON list (or JSON lines) of ``{id, image, conversations: [{from, value}]}``; ``from`` is
   ``human``/``gpt`` (also ``user``/``assistant``/``system``), and ``role``/``content`` turns under ``messages``
   are accepted too. The ``<image>`` tag is removed: the processor places the image itself. Rows without an
-  image are text-only records (``image`` null).
+  image are text-only records (``image`` null). InternVL's grounding JSONL (``{id, image, width, height,
+  conversations}`` with ``<ref>``/``<box>[[…]]</box>``) and Qwen2.5-VL's fine-tuning JSON (``{image,
+  conversations}`` with ```` ```json [{"bbox_2d": …}] ``` ```` answers) are this layout.
+- ``from_sharegpt``: LLaMA-Factory's sharegpt layout, ``{"messages": [{role, content}], "images": [...]}`` or
+  ``{"conversations": [{from, value}], ...}``, with an optional top-level ``system`` prompt (the first message).
+- With ``codec`` (a location codec name, `location.CODEC_NAMES`) both read the boxes the turns write in that
+  model's format into ``<p>phrase</p><box:k>`` slots and ``objects`` in pixels of the original image
+  (``written.WrittenLocations``: frames, image sizes, Qwen2.5-VL's ``input_width``/``input_height``).
 - ``from_swift``: ``{"messages": [...], "images": [...], "objects": {"ref": [...], "bbox": [[x1, y1, x2, y2]],
   "bbox_type": "real" | "norm1" | "norm1000"}}`` with ``<ref-object>`` and ``<bbox>`` placeholders in the
   text. Placeholders are consumed in order over the whole conversation, as ms-swift does: the i-th
@@ -30,6 +37,7 @@ from ...records import GroundTruthObject, Message, Record
 from ...tasks import CHAT, task_of
 from .base import Importer, ImportReport, OnError, PathLike, RowError, image_size, json_rows
 from .fields import as_dict, get, numbers, pixel_box, positive_int, scaled_box
+from .written import WrittenLocations
 
 _ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 # The tag and the newline LLaVA puts beside it ("<image>\nWhat is…" or "What is…\n<image>").
@@ -86,10 +94,43 @@ def _meta(source: str, row: dict, messages: list[Message]) -> dict:
 
 
 def from_llava(
-    path: PathLike, *, on_error: OnError = "raise", report: ImportReport | None = None
+    path: PathLike,
+    *,
+    codec: str | None = None,
+    image_root: PathLike | None = None,
+    frame: str | None = None,
+    bins: int = 100,
+    on_error: OnError = "raise",
+    report: ImportReport | None = None,
 ) -> list[Record]:
-    """LLaVA / ShareGPT conversations → records (``conversations``/``from``/``value`` or ``messages``/``role``)."""
+    """LLaVA / ShareGPT conversations → records (``conversations``/``from``/``value`` or ``messages``/``role``).
+
+    With ``codec``, the locations the turns write in that format become slots and objects (module docstring);
+    ``image_root`` (default: the file's folder) finds images for their size when rows lack ``width``/``height``,
+    ``frame`` overrides the format's published frame, ``bins`` is the grid of the ``text``/``tokens`` codecs.
+    """
+    return _conversations(path, "llava", codec, image_root, frame, bins, on_error, report)
+
+
+def from_sharegpt(
+    path: PathLike,
+    *,
+    codec: str | None = None,
+    image_root: PathLike | None = None,
+    frame: str | None = None,
+    bins: int = 100,
+    on_error: OnError = "raise",
+    report: ImportReport | None = None,
+) -> list[Record]:
+    """LLaMA-Factory sharegpt rows (``messages``/``role``/``content`` or ``conversations``/``from``/``value``,
+    ``images``, optional ``system``) → records; the arguments are `from_llava`'s."""
+    return _conversations(path, "sharegpt", codec, image_root, frame, bins, on_error, report)
+
+
+def _conversations(path, source, codec, image_root, frame, bins, on_error, report) -> list[Record]:
     stem = Path(path).stem
+    reader = WrittenLocations(codec, frame=frame, bins=bins) if codec is not None else None
+    root = image_root if image_root is not None else Path(path).parent
 
     def convert(index: int, row: Any) -> list[Record]:
         row = as_dict(row)
@@ -98,7 +139,10 @@ def from_llava(
         image = _one_image(row.get(image_key), image_key)
         messages, tags = _turns(row, key)
         _check_tags(tags, image, key)
-        return [Record(f"{stem}-{index}", image, [], messages, _meta("llava", row, messages))]
+        objects = reader.read(row, messages, key, image, root) if reader is not None else []
+        if source == "sharegpt" and row.get("system") is not None:
+            messages.insert(0, Message("system", get(row, "system", str)))
+        return [Record(f"{stem}-{index}", image, objects, messages, _meta(source, row, messages))]
 
     return Importer(path, on_error, report).run(json_rows(path), convert)
 
