@@ -47,8 +47,8 @@ class ImportArgs:
         return {"rng": self.rng, **self.policy()}
 
     def codec_args(self) -> dict:
-        # the codec importers take the image root to scale normalised boxes back to pixels
-        return {"codec": self.codec, "image_root": self.image_root} if self.codec else {}
+        # the image root gives image sizes, to scale boxes written in a codec back to pixels
+        return {"codec": self.codec, "image_root": self.image_root}
 
 
 @dataclass(frozen=True)
@@ -86,11 +86,11 @@ IMPORT_FORMATS: dict[str, ImportFormat] = {
         ("codec", "image_root"), "LLaVA conversations JSON/JSONL (boxes read in --codec)",
     ),
     "sharegpt": ImportFormat(
-        lambda src, a: _importers().from_llava(src, **a.codec_args(), **a.policy()),
+        lambda src, a: _importers().from_sharegpt(src, **a.codec_args(), **a.policy()),
         ("codec", "image_root"), "ShareGPT messages/images JSON (boxes read in --codec)",
     ),
     "llama-factory": ImportFormat(
-        lambda src, a: _importers().from_llava(src, **a.codec_args(), **a.policy()),
+        lambda src, a: _importers().from_sharegpt(src, **a.codec_args(), **a.policy()),
         ("codec", "image_root"), "LLaMA-Factory ShareGPT JSON (boxes read in --codec)",
     ),
     "internvl": ImportFormat(
