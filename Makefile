@@ -69,7 +69,7 @@ $(VLLM_STAMP): $(VLLM_REQ)/requirements.txt $(VLLM_REQ)/requirements-torch.txt
 
 test-vllm: install $(VLLM_STAMP)
 	OMP_NUM_THREADS=2 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false timeout 3600 $(BIN)/python \
-	  tests/integration/vllm/check_vllm.py --vllm $(VLLM_VENV)/bin/vllm --workdir runs/test-vllm
+	  tests/integration/vllm/check_vllm.py --vllm-python $(VLLM_VENV)/bin/python --workdir runs/test-vllm
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) build *.egg-info src/*.egg-info .pytest_cache
