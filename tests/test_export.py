@@ -9,7 +9,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from transformers import AutoProcessor, LlavaForConditionalGeneration, PreTrainedTokenizerFast, SiglipVisionConfig
+from transformers import (
+    AutoProcessor,
+    LlavaForConditionalGeneration,
+    PreTrainedTokenizerFast,
+    SiglipVisionConfig,
+)
 from typer.testing import CliRunner
 
 from groundlm.cli import app
@@ -40,8 +45,10 @@ def _image(width: int, height: int, seed: int = 0) -> Image.Image:
 
 
 def _batch(processor):
-    encs = [processor.prompt(Image.new("RGB", (40, 30), c), [{"role": "user", "content": p}])
-            for c, p in zip([(255, 0, 0), (0, 0, 255)], PROMPTS, strict=True)]
+    encs = [
+        processor.prompt(Image.new("RGB", (40, 30), c), [{"role": "user", "content": p}])
+        for c, p in zip([(255, 0, 0), (0, 0, 255)], PROMPTS, strict=True)
+    ]
     batch = processor.pad(encs, side="left")
     assert (batch.pop("labels") == IGNORE_INDEX).all()
     return batch
@@ -52,8 +59,12 @@ def _siglip(model: GroundLMForConditionalGeneration, seed: int = 4) -> GroundLMF
     config = copy.deepcopy(model.config)
     v = config.vision_config
     config.vision_config = SiglipVisionConfig(
-        hidden_size=v.hidden_size, intermediate_size=v.intermediate_size, num_hidden_layers=v.num_hidden_layers,
-        num_attention_heads=v.num_attention_heads, image_size=v.image_size, patch_size=v.patch_size,
+        hidden_size=v.hidden_size,
+        intermediate_size=v.intermediate_size,
+        num_hidden_layers=v.num_hidden_layers,
+        num_attention_heads=v.num_attention_heads,
+        image_size=v.image_size,
+        patch_size=v.patch_size,
     )
     torch.manual_seed(seed)
     return GroundLMForConditionalGeneration(config).eval()
@@ -107,14 +118,19 @@ def test_export_directory_gives_groundlms_ids_pixels_and_logits(tower, frame, tm
 def test_a_siglip_tower_exports_strategy_full_so_no_patch_is_dropped(pair, tmp_path):
     model, processor, _ = pair
     siglip = _siglip(model)
-    assert siglip.config.vision_feature_select_strategy == "default"  # groundlm keeps every SigLIP patch anyway
+    assert (
+        siglip.config.vision_feature_select_strategy == "default"
+    )  # groundlm keeps every SigLIP patch anyway
     export_llava_hf(siglip, processor, tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["vision_feature_select_strategy"] == "full"
     assert json.loads((tmp_path / "processor_config.json").read_text())["num_additional_image_tokens"] == 0
     # and the CLIP model keeps its CLS-dropping "default"
     export_llava_hf(model, processor, tmp_path / "clip")
-    assert json.loads((tmp_path / "clip" / "config.json").read_text())["vision_feature_select_strategy"] == "default"
+    assert (
+        json.loads((tmp_path / "clip" / "config.json").read_text())["vision_feature_select_strategy"]
+        == "default"
+    )
 
 
 def test_export_writes_the_hub_key_layout_vllm_reads(pair, tmp_path):
@@ -125,8 +141,13 @@ def test_export_writes_the_hub_key_layout_vllm_reads(pair, tmp_path):
     with safe_open(tmp_path / "model.safetensors", "pt") as f:
         keys = set(f.keys())
     prefixes = {k.split(".")[0] + "." + k.split(".")[1] for k in keys}
-    assert prefixes == {"vision_tower.vision_model", "multi_modal_projector.linear_1",
-                        "multi_modal_projector.linear_2", "language_model.model", "language_model.lm_head"}
+    assert prefixes == {
+        "vision_tower.vision_model",
+        "multi_modal_projector.linear_1",
+        "multi_modal_projector.linear_2",
+        "language_model.model",
+        "language_model.lm_head",
+    }
     assert "vision_tower.vision_model.embeddings.patch_embedding.weight" in keys
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["architectures"] == ["LlavaForConditionalGeneration"]
@@ -189,7 +210,9 @@ def _parts(messages: list[dict], image: bool) -> list[dict]:
 def tokenizer():
     from tokenizers import Tokenizer, models
 
-    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"<unk>": 0}, unk_token="<unk>")))
+    return PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(models.WordLevel({"<unk>": 0}, unk_token="<unk>"))
+    )
 
 
 @pytest.mark.parametrize("name", sorted(TEMPLATES))
@@ -205,7 +228,9 @@ def test_chat_template_renders_groundlms_prompt(name, conversation, image, token
     for form in (messages, _parts(messages, image)):
         if form is messages and image:
             continue  # string content carries no image
-        got = tokenizer.apply_chat_template(form, chat_template=jinja, add_generation_prompt=True, tokenize=False)
+        got = tokenizer.apply_chat_template(
+            form, chat_template=jinja, add_generation_prompt=True, tokenize=False
+        )
         assert got == expected
 
 
@@ -215,7 +240,9 @@ def test_chat_template_joins_text_parts_and_reads_a_developer_message_as_system(
     messages = [{"role": "developer", "content": "Be brief."}, {"role": "user", "content": [
         {"type": "text", "text": "[refer]"}, {"type": "image_url", "image_url": {"url": "x"}},
         {"type": "text", "text": ""}, {"type": "text", "text": "the red circle"}]}]  # fmt: skip
-    got = tokenizer.apply_chat_template(messages, chat_template=jinja, add_generation_prompt=True, tokenize=False)
+    got = tokenizer.apply_chat_template(
+        messages, chat_template=jinja, add_generation_prompt=True, tokenize=False
+    )
     expected = template.prompt(
         [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "[refer] the red circle"}]
     )
@@ -234,7 +261,9 @@ def test_chat_template_joins_text_parts_and_reads_a_developer_message_as_system(
 def test_chat_template_refuses_what_groundlm_refuses(name, messages, says, tokenizer):
     jinja = jinja_chat_template(TEMPLATES[name])
     with pytest.raises(Exception, match=says):
-        tokenizer.apply_chat_template(messages, chat_template=jinja, add_generation_prompt=True, tokenize=False)
+        tokenizer.apply_chat_template(
+            messages, chat_template=jinja, add_generation_prompt=True, tokenize=False
+        )
 
 
 # ---- refusals ------------------------------------------------------------------------------------------------------
@@ -259,9 +288,13 @@ def test_a_qformer_connector_and_a_vit_tower_are_refused_with_the_reason():
 
     model, _ = build_model(LLAVA_LIKE)
     config = model.config.to_dict()
-    for changes, says in (({"connector": "qformer"}, "connector 'qformer'"),
-                          ({"vision_config": {**config["vision_config"], "model_type": "vit"}}, "tower 'vit'")):
-        fields = {k: v for k, v in {**config, **changes}.items() if k not in ("model_type", "transformers_version")}
+    for changes, says in (
+        ({"connector": "qformer"}, "connector 'qformer'"),
+        ({"vision_config": {**config["vision_config"], "model_type": "vit"}}, "tower 'vit'"),
+    ):
+        fields = {
+            k: v for k, v in {**config, **changes}.items() if k not in ("model_type", "transformers_version")
+        }
         with pytest.raises(ExportRefused, match=says):
             to_llava(GroundLMForConditionalGeneration(GroundLMConfig(**fields)))
 
@@ -286,7 +319,12 @@ def test_export_command_writes_a_llava_hf_directory_with_the_same_logits(pair, t
     batch = _batch(processor)
     with torch.no_grad():
         assert (again(**batch).logits - model(**batch).logits).abs().max().item() <= 1e-5
-    for name in ("preprocessor_config.json", "processor_config.json", "chat_template.jinja", "tokenizer.json"):
+    for name in (
+        "preprocessor_config.json",
+        "processor_config.json",
+        "chat_template.jinja",
+        "tokenizer.json",
+    ):
         assert (tmp_path / "llava" / name).is_file(), name
 
 
@@ -298,7 +336,9 @@ def test_export_command_refuses_a_model_llava_cannot_express_and_an_unknown_form
     assert result.exit_code == 1
     assert "connector 'concat4'" in result.output and "mlp2x_gelu" in result.output
     assert not (tmp_path / "llava").exists() or not any((tmp_path / "llava").iterdir())
-    result = CliRunner().invoke(app, ["export", str(tmp_path / "model"), str(tmp_path / "x"), "--format", "gguf"])
+    result = CliRunner().invoke(
+        app, ["export", str(tmp_path / "model"), str(tmp_path / "x"), "--format", "gguf"]
+    )
     assert result.exit_code == 1 and "unknown export format 'gguf'; choose one of llava-hf" in result.output
 
 
@@ -306,7 +346,10 @@ def test_export_command_refuses_a_file_or_a_non_empty_directory_as_out(tmp_path)
     (tmp_path / "file").write_text("x")
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "keep.txt").write_text("mine")
-    for out, says in ((tmp_path / "file", "is a file; a model is a directory"), (tmp_path / "full", "not empty")):
+    for out, says in (
+        (tmp_path / "file", "is a file; a model is a directory"),
+        (tmp_path / "full", "not empty"),
+    ):
         result = CliRunner().invoke(app, ["export", str(tmp_path / "no-model"), str(out)])
         assert result.exit_code == 1 and says in result.output, result.output
     assert (tmp_path / "full" / "keep.txt").read_text() == "mine"  # nothing lost

@@ -194,5 +194,7 @@ def export_llava_hf(model: GroundLMForConditionalGeneration, processor, out: str
     processor.tokenizer.save_pretrained(out)
     image_processor.save_pretrained(out)
     (out / "processor_config.json").write_text(json.dumps(processor_config(model), indent=2) + "\n")
-    (out / "chat_template.jinja").write_text(jinja_chat_template(processor.template, processor.config.image_token))
+    (out / "chat_template.jinja").write_text(
+        jinja_chat_template(processor.template, processor.config.image_token)
+    )
     return out
