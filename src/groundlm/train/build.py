@@ -184,12 +184,17 @@ def _config(spec: ModelSpec, vision_config, text_config, processor: GroundLMProc
 
 
 def image_stats(path: str) -> tuple[tuple, tuple]:
-    """The tower's normalisation (mean, std) from its preprocessor_config.json, else CLIP's."""
+    """The tower's normalisation (mean, std) of [0, 1] pixels from its preprocessor_config.json, else CLIP's.
+
+    transformers computes `(x * rescale_factor - mean) / std` on 0-255 pixels; groundlm `(x / 255 - mean) / std`,
+    so a rescale factor other than 1/255 (groundlm's own export uses one, export/image_processor.py) scales both.
+    """
     config = Path(path) / "preprocessor_config.json"
     if config.is_file():
         values = json.loads(config.read_text())
         if "image_mean" in values and "image_std" in values:
-            return tuple(values["image_mean"]), tuple(values["image_std"])
+            unit = float(values.get("rescale_factor", 1 / 255)) * 255  # 1.0 for the usual 1/255
+            return tuple(m / unit for m in values["image_mean"]), tuple(s / unit for s in values["image_std"])
     return CLIP_MEAN, CLIP_STD
 
 
