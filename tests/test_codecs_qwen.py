@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from groundlm.location.objects import point_of
 from groundlm.location.internvl import InternVLLocationCodec
+from groundlm.location.objects import point_of
 from groundlm.location.qwen2_5_vl import Qwen25VLLocationCodec
 from groundlm.location.qwen2_vl import Qwen2VLLocationCodec
 from groundlm.location.qwen_vl import QwenVLLocationCodec

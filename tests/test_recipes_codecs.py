@@ -15,8 +15,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from groundlm.location import CODEC_NAMES, add_location_tokens, make_codec
-from groundlm.train import RecipeError, dry_run, shipped_recipes, train
-from groundlm.train import loop
+from groundlm.train import RecipeError, dry_run, loop, shipped_recipes, train
 from groundlm.train.monitor import read_metrics
 from groundlm.train.recipe import FrameWarning, from_dict, recipe_path
 

@@ -66,7 +66,15 @@ from ..records import BOX_SLOT
 from .codec import WrittenLocations
 from .objects import BoxNorm, GroundedObject, point_of
 from .scan import (
-    PHRASE_TOKENS, check_bins, check_four, checked_box, markup, never_raising, slot_box, slot_texts, tidy
+    PHRASE_TOKENS,
+    check_bins,
+    check_four,
+    checked_box,
+    markup,
+    never_raising,
+    slot_box,
+    slot_texts,
+    tidy,
 )
 
 # Far below one bin, far above float rounding error: exact grid values a hair below stay on their bin
@@ -184,10 +192,11 @@ class _BracketCodec(WrittenLocations):
             start = m.start()
             if not (end and same_phrase(text, end, start)):  # in place: no copy of the gap per box
                 phrase = _phrase(text[end:start])
-            point = self._point.fullmatch(m.group(0)) if self.points else None
+            point = self._point.fullmatch(text, start, m.end()) if self.points else None
             if point is not None:
                 # the degenerate box of the point, read as a box is (range check, grid)
-                box = self._box([point.group(1), point.group(2)] * 2)
+                x, y = point.groups()
+                box = self._box((x, y, x, y))
                 if box is not None:
                     objects.append(GroundedObject.at(phrase, box[0], box[1]))
             else:
