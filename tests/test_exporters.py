@@ -54,7 +54,7 @@ def test_every_text_codec_writes_boxes_read_back_within_one_bin(name):
     assert turns[0] == {"from": "system", "value": "Be brief."}
     assert turns[1] == {"from": "human", "value": "<image>\n[detection] cats"}
     codec = CODECS[name](_Settings(name))  # a reader of the same format, built as the exporter builds its own
-    frame = Frame(300, 200, getattr(codec, "frame", "resize"))
+    frame = Frame(300, 200, codec.frame or "resize")
     parsed = codec.parse(turns[2]["value"])
     assert len(parsed) == 2, turns[2]["value"]
     for obj, want in zip(parsed, record.objects[:2], strict=True):
@@ -220,6 +220,6 @@ def test_refcoco_boxes_exported_in_every_codec_read_back_at_iou_above_half(name)
             box = [v * max(width, height) for v in obj.box_norm]
         else:
             (obj,) = codec.parse(answer)
-            box = Frame(width, height, getattr(codec, "frame", "resize")).denormalize(obj.box_norm)
+            box = Frame(width, height, codec.frame or "resize").denormalize(obj.box_norm)
         worst = min(worst, box_iou(box, record.objects[0].box))
     assert len(records) == 5657 and worst >= 0.5, worst

@@ -122,7 +122,7 @@ def test_a_row_with_a_box_in_each_codec_imports_to_its_pixel_boxes(tmp_path, nam
     _image(tmp_path, "sq.jpg", (500, 500))
     boxes = [(50.0, 100.0, 250.0, 400.0), (300.0, 20.0, 480.0, 260.0)]
     codec = make_codec(ProcessorConfig(location_codec=name, image_size=500))
-    frame = Frame(500, 500, getattr(codec, "frame", "resize"))
+    frame = Frame(500, 500, codec.frame or "resize")
     norm = [frame.normalize(b) for b in boxes]
     user = codec.render("Is <box:0> a dog?", norm, output=False) if name != "qwen2_5_vl" else "Is it a dog?"
     answer = codec.render("<p>the dog</p><box:1>", norm)

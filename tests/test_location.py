@@ -278,6 +278,8 @@ def test_grounded_object_to_dict():
         "box_norm": [0.1, 0.2, 0.3, 0.4],
         "box": [10.0, 20.0, 30.0, 40.0],
         "mask": {"size": [2, 2], "counts": "04"},
+        "point_norm": None,
+        "point": None,
     }
     assert json.loads(json.dumps(d)) == d
     assert GroundedObject(None, (0, 0, 1, 1)).to_dict()["box"] is None

@@ -141,7 +141,8 @@ class GroundLMProcessor:
                 raise ValueError(f"messages[{i}].content: empty assistant answer; there is nothing to learn")
             output = role == "assistant"
             content = self.codec.clean(content)
-            turns.append((content, output))
+            # a template that drops the user's words (plain) drops the locations in them too
+            turns.append(("" if not output and self.template.ignore_user_text else content, output))
             rendered.append(
                 {"role": role, "content": self._render(content, boxes_norm, frame, output)}
             )

@@ -23,7 +23,15 @@ only in their fields (one frozen dataclass per published name, each with that fo
   Frame "resize": the original image.
 
 `frame` is a class attribute naming which image the numbers refer to in the published format; the processor's
-frame decides the actual normalisation.
+frame decides the actual normalisation (a recipe whose `model.frame` differs gets a warning, train/recipe.py).
+
+Points. Shikra (location_formats.md: "points `[x,y]`") and Ferret (published_models.md: "inputs may use points
+`[x, y]`") write a point as a bracket of two numbers on the same grid as their boxes; `points` (a class
+attribute) says a format has them. Records have no point slot: an object whose box is degenerate, (x, y, x, y),
+is a point (`objects.point_of`) and its slot is written `[x, y]` (`[0.500,0.250]` for Shikra, `[500, 250]` for
+Ferret; how either joins several points is not in the reference, so a run of point slots is written like a run
+of boxes). The scanner then also reads a bracket of exactly two numbers, as a point object
+(`GroundedObject.at`). LLaVA and CogVLM have no published point form and read `[x, y]` as text.
 
 Phrases. These formats have no phrase tags: a box follows the words it grounds. `render` therefore writes
 `<p>the cat</p><box:0>` as `the cat [..]` (Shikra's grounded captions: phrase, one space, box) and drops the
@@ -54,8 +62,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from ..records import BOX_SLOT
 from .codec import WrittenLocations
-from .objects import BoxNorm, GroundedObject
+from .objects import BoxNorm, GroundedObject, point_of
 from .scan import (
     PHRASE_TOKENS,
     SlotText,
@@ -64,6 +73,7 @@ from .scan import (
     checked_box,
     markup,
     never_raising,
+    slot_box,
     slot_texts,
     slots_never_raising,
     tidy,
@@ -91,6 +101,7 @@ class _BracketCodec(WrittenLocations):
     """What the bracket formats share; subclasses give the numbers (`_coords`, `_box`) and the brackets."""
 
     frame: ClassVar[str]
+    points: ClassVar[bool]  # whether the format writes points as `[x, y]` (see the module docstring)
     separator: str  # between the 4 numbers of a box
     joint: str  # between the numbers of two boxes of one phrase
     _scan: re.Pattern[str]
@@ -118,18 +129,26 @@ class _BracketCodec(WrittenLocations):
         opener, closer = (r"\s*".join(map(re.escape, b)) for b in self._brackets())
         box = rf"{number}(?:{_COMMA}{number}){{3}}"
         location = rf"{opener}\s*{box}(?:{_JOINT}{box})*\s*{closer}"
+        if self.points:
+            # a point is the first two numbers of a box: the bracket may close after them, one attempt for both
+            location = rf"{opener}\s*{number}{_COMMA}{number}(?:(?:{_COMMA}{number}){{2}}(?:{_JOINT}{box})*)?\s*{closer}"
         # frozen dataclass: set the derived regexes once, after the fields are known
         object.__setattr__(self, "_scan", re.compile(location))
         # one box with no whitespace, the common case: its 4 numbers as groups, without splitting the text
         number_group = f"({number})"
         one = rf"{opener}{number_group}{_COMMA}{number_group}{_COMMA}{number_group}{_COMMA}{number_group}{closer}"
         object.__setattr__(self, "_one", re.compile(one))
+        point = rf"{opener}\s*{number_group}{_COMMA}{number_group}\s*{closer}"
+        object.__setattr__(self, "_point", re.compile(point))
         # a run of locations of one phrase, removed as a whole by strip (with the `,`/`;` between them)
         object.__setattr__(self, "_run", markup(rf"{location}(?:\s*[,;]\s*{location})*"))
 
     def render_box(self, box_norm: Sequence[float]) -> str:
-        """The numbers of one box, `separator`-joined (no brackets)."""
-        return self.separator.join(self._coords(box_norm))
+        """The numbers of one box, `separator`-joined (no brackets); a point's two when the format has points."""
+        coords = self._coords(box_norm)
+        if self.points and point_of(box_norm) is not None:
+            return self.separator.join(coords[:2])  # the degenerate box's x1, y1 on the boxes' grid
+        return self.separator.join(coords)
 
     def render(self, content: str, boxes_norm: Sequence[Sequence[float]], *, output: bool = True) -> str:
         """`content` with every `<box:i>` slot run written as one bracketed location, phrase tags dropped.
@@ -140,7 +159,12 @@ class _BracketCodec(WrittenLocations):
         opener, closer = self._brackets()
 
         def replace(m: re.Match[str]) -> str:
-            text = opener + self.joint.join(slot_texts(m.group("run"), boxes_norm, self.render_box)) + closer
+            texts = slot_texts(m.group("run"), boxes_norm, self.render_box)
+            # a point has no place inside a `;`-joined bracket: a run holding one gives each its own bracket
+            joint = self.joint
+            if self.points and any(point_of(slot_box(s, boxes_norm)) for s in BOX_SLOT.finditer(m.group("run"))):
+                joint = f"{closer}, {opener}"
+            text = opener + joint.join(texts) + closer
             return (" " if m.group("after_p") else "") + text
 
         return _TAGS.sub("", _SLOT_RUN.sub(replace, content))
@@ -170,9 +194,20 @@ class _BracketCodec(WrittenLocations):
             start = m.start()
             if not (end and same_phrase(text, end, start)):  # in place: no copy of the gap per box
                 phrase = _phrase(text[end:start])
-            objects.extend(GroundedObject(phrase, box) for box in self._boxes(m.group(0)))
+            boxes, is_point = self._locations(m)
+            objects.extend(GroundedObject.at(phrase, b[0], b[1]) if is_point else GroundedObject(phrase, b) for b in boxes)
             end = m.end()
         return objects
+
+    def _locations(self, m: re.Match[str]) -> tuple[list[BoxNorm], bool]:
+        """The boxes of one scanned location, and whether it is a point (then its one degenerate box, read as
+        a box is: range check, grid)."""
+        point = self._point.fullmatch(m.string, m.start(), m.end()) if self.points else None
+        if point is None:
+            return self._boxes(m.group(0)), False
+        x, y = point.groups()
+        box = self._box((x, y, x, y))
+        return ([] if box is None else [box]), True
 
     def to_slots(self, text: str, first: int = 0) -> tuple[str, list[BoxNorm]]:
         """`A man [..] rides a horse [..].` → `<p>A man</p><box:0> <p>rides a horse</p><box:1>.` (the inverse of
@@ -204,7 +239,7 @@ class _BracketCodec(WrittenLocations):
                         phrase = None
                     else:  # the replacement starts at the words, after the punctuation and space before them
                         start = end + len(gap) - len(region.lstrip(_TRIM))
-            boxes += self._boxes(m.group(0))
+            boxes += self._locations(m)[0]  # a point's slot holds its degenerate box, as records keep points
             end = m.end()
         flush()
         return out.result()
@@ -254,9 +289,11 @@ class ShikraLocationCodec(_BracketCodec):
     separator: str = ","
     joint: str = ";"
     frame: ClassVar[str] = "pad"
+    points: ClassVar[bool] = True
     _scan: re.Pattern[str] = field(init=False, repr=False, compare=False)
     _run: re.Pattern[str] = field(init=False, repr=False, compare=False)
     _one: re.Pattern[str] = field(init=False, repr=False, compare=False)
+    _point: re.Pattern[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         _check_count("decimals", self.decimals, 1, 6)  # 10**decimals digit strings are tokenizer entries
@@ -294,6 +331,7 @@ class LlavaLocationCodec(ShikraLocationCodec):
     decimals: int = 2
     separator: str = ", "
     joint: str = ";"
+    points: ClassVar[bool] = False  # no published point form
 
 
 @dataclass(frozen=True)
@@ -308,9 +346,11 @@ class FerretLocationCodec(_BracketCodec):
     joint: str = "], ["
     double: bool = False
     frame: ClassVar[str] = "resize"
+    points: ClassVar[bool] = True
     _scan: re.Pattern[str] = field(init=False, repr=False, compare=False)
     _run: re.Pattern[str] = field(init=False, repr=False, compare=False)
     _one: re.Pattern[str] = field(init=False, repr=False, compare=False)
+    _point: re.Pattern[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         check_bins(self.bins, 2)
@@ -354,6 +394,7 @@ class CogVLMLocationCodec(FerretLocationCodec):
     separator: str = ","
     joint: str = ";"
     double: bool = True
+    points: ClassVar[bool] = False  # no published point form
 
 
 __all__ = ["CogVLMLocationCodec", "FerretLocationCodec", "LlavaLocationCodec", "ShikraLocationCodec"]

@@ -90,6 +90,9 @@ class LocationCodec(Protocol):
 
     # Whether the model carries location heads for this codec (`modeling/location_heads.py`).
     has_heads: bool
+    # Which image the numbers refer to in the published format ("resize" or "pad", `geometry.FRAMES`), or None
+    # for groundlm's own formats, which follow the model's frame; train/recipe.py warns on a mismatch.
+    frame: str | None
 
     def special_tokens(self) -> list[str]:
         """Tokens the tokenizer must keep whole."""
@@ -144,6 +147,7 @@ class WrittenLocations:
     """The hooks of a codec whose boxes are written as tokens of the text: nothing beside the ids."""
 
     has_heads = False
+    frame: str | None = None  # a published format's codec names its frame
 
     def head_settings(self, tokenizer) -> dict | None:
         return None

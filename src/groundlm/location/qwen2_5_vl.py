@@ -9,6 +9,13 @@ image squashed to the input, so `frame = "resize"`. Qwen's own processor picks t
 field, the processor's image_size), so `quantize` is `round(v * size)` (half up, clamped to 0..size) and
 `dequantize` is `px / size`, the cookbook's division. A number above `size` (or negative) drops its box.
 
+Points. A record has no point slot; an object whose box is degenerate, (x, y, x, y), is a point
+(`objects.point_of`). An answer writes it `{"point_2d": [x, y], "label": …}`, in pixels of the same input as
+`bbox_2d` (the JSON point form Qwen2.5-VL answers "point to …" requests with; it is not in
+/work/shared/reference, so UNCONFIRMED here), and a prompt writes it inline as `[x, y]`. The parser reads
+`point_2d` objects and also the cookbook's XML `<points x1="…" y1="…" alt="…">phrase</points>` (more points as
+`x2`/`y2`, …; the phrase, else `alt`, is the label), both as point objects (`GroundedObject.at`).
+
 Rendering (our choice where nothing is published):
 - an assistant turn (`output=True`) with slots becomes the JSON list alone, one object per slot in order: a
   phrase's slots get `"label": "<its words>"`, a bare slot `"label": null`; words outside the phrases are not
@@ -17,9 +24,10 @@ Rendering (our choice where nothing is published):
 - a user turn (`output=False`) keeps its words and writes each slot inline as its `[x1, y1, x2, y2]` array.
 
 Parsing never runs json.loads on the whole text (a model's JSON is often cut off or broken): one regex of
-bounded tokens (`{`, `}`, a `"bbox_2d": [4 numbers]` array, a `"label": "…"` of at most 500 characters or
-`null`) walks the text in order, and each `{ … }` gives one object with its bbox and label (either order; a bbox
-with no closing brace still counts). Only the bounded label string goes through json.loads. Linear in the text,
+bounded tokens (`{`, `}`, a `"bbox_2d": [4 numbers]` or `"point_2d": [2 numbers]` array, a `"label": "…"` of at
+most 500 characters or `null`, an XML `<points …>…</points>` element) walks the text in order, and each
+`{ … }` gives one object with its bbox or point and label (either order; one with no closing brace still
+counts). Only the bounded label string goes through json.loads. Linear in the text,
 never raises. An empty or null label gives phrase None; swapped corners are put in order.
 """
 
@@ -32,7 +40,7 @@ from dataclasses import dataclass, field
 
 from ..records import BOX_SLOT
 from .codec import WrittenLocations
-from .objects import BoxNorm, GroundedObject
+from .objects import BoxNorm, GroundedObject, PointNorm, point_of
 from .qwen_vl import round_half_up
 from .scan import (
     SlotText,
@@ -47,14 +55,21 @@ from .scan import (
 )
 
 # optional sign and decimals: a negative number is seen whole (and dropped), a fractional pixel is read as it is
-_NUM = r"(-?\d{1,9}(?:\.\d{1,9})?)"
+_NUMBER = r"-?\d{1,9}(?:\.\d{1,9})?"
+_NUM = f"({_NUMBER})"
 _TOKENS = re.compile(
     rf'(?P<bbox>"\s*bbox_2d\s*"\s*:\s*\[\s*{_NUM}\s*,\s*{_NUM}\s*,\s*{_NUM}\s*,\s*{_NUM}\s*\])'
+    rf'|(?P<point>"\s*point_2d\s*"\s*:\s*\[\s*{_NUM}\s*,\s*{_NUM}\s*\])'
     r'|"\s*label\s*"\s*:\s*(?:(?P<label>"(?:[^"\\]|\\.){0,500}")|(?P<null>null))'
+    # the cookbook's XML points: every attribute run starts at `<points`, so no text is read by two attempts
+    rf'|<points?(?P<xy>(?:\s+x\d{{0,3}}\s*=\s*"\s*{_NUMBER}\s*"\s+y\d{{0,3}}\s*=\s*"\s*{_NUMBER}\s*")+)'
+    r'(?:\s+alt\s*=\s*"(?P<alt>[^"<]{0,500})")?\s*>(?P<words>[^<]{0,500})</points?>'
     # a run of braces is one object boundary: one token for it keeps `{{{{…` to one step
     r"|(?P<edge>[{}][{}\s]*)",
     re.DOTALL,
 )
+_XY = re.compile(rf'"\s*({_NUMBER})\s*"')
+_POINT_XY = _TOKENS.groupindex["point"] + 1  # the point's x and y groups follow its own
 _PHRASE_RUN = re.compile(rf"(?:<p>(?P<words>[^<]*)</p>)?(?P<run>(?:{BOX_SLOT.pattern})+)")
 _PHRASE_TAGS = re.compile(r"</?p>")
 _FENCE = re.compile(r"```(?:json)?")
@@ -94,18 +109,28 @@ class Qwen25VLLocationCodec(WrittenLocations):
         """Pixels → [0, 1] coordinates, `px / size` as the cookbook divides by the input width/height."""
         return (q[0] / self.size, q[1] / self.size, q[2] / self.size, q[3] / self.size)
 
+    def quantize_point(self, point_norm: Sequence[float]) -> tuple[int, int]:
+        """A point's [0, 1] coordinates → pixels 0..size, rounded as `quantize` rounds a box's."""
+        x, y = (round_half_up(float(v), self.size) for v in point_norm)
+        return (x, y)
+
+    def _numbers(self, box_norm: Sequence[float]) -> list[int]:
+        """What a slot writes: `[x, y]` for a point (a degenerate box), else the box's 4 pixels."""
+        point = point_of(checked_box(box_norm))
+        return list(self.quantize_point(point) if point is not None else self.quantize(box_norm))
+
     def render(self, content: str, boxes_norm: Sequence[Sequence[float]], *, output: bool = True) -> str:
         """See the module docstring: an answer with slots becomes the JSON list, a prompt keeps its words."""
         if not output:
-            written = BOX_SLOT.sub(lambda s: "[{}, {}, {}, {}]".format(*self.quantize(slot_box(s, boxes_norm))),
-                                   content)
+            written = BOX_SLOT.sub(lambda s: json.dumps(self._numbers(slot_box(s, boxes_norm))), content)
             return _PHRASE_TAGS.sub("", written)
         objects = []
         for m in _PHRASE_RUN.finditer(content):
             label = " ".join(m.group("words").split()) or None if m.group("words") is not None else None
             for s in BOX_SLOT.finditer(m.group("run")):
-                bbox = list(self.quantize(slot_box(s, boxes_norm)))
-                objects.append(f'{{"bbox_2d": {json.dumps(bbox)}, "label": {json.dumps(label, ensure_ascii=False)}}}')
+                numbers = self._numbers(slot_box(s, boxes_norm))
+                key = "point_2d" if len(numbers) == 2 else "bbox_2d"
+                objects.append(f'{{"{key}": {json.dumps(numbers)}, "label": {json.dumps(label, ensure_ascii=False)}}}')
         if not objects:
             return _PHRASE_TAGS.sub("", content)
         listed = "[" + ", ".join(objects) + "]"
@@ -121,25 +146,51 @@ class Qwen25VLLocationCodec(WrittenLocations):
         """The grounded objects of the JSON in `text`, in order; never raises. `decoded` is ignored."""
         return never_raising(self._parse, text)
 
+    def _point(self, x: str, y: str) -> PointNorm | None:
+        values = (float(x), float(y))
+        if min(values) < 0 or max(values) > self.size:
+            return None
+        return (values[0] / self.size, values[1] / self.size)
+
+    def _xml_points(self, m: re.Match[str]) -> list[GroundedObject]:
+        """The points of one `<points x1=".." y1=".." …>phrase</points>` element (the phrase, else alt, labels)."""
+        numbers = _XY.findall(m.group("xy"))  # x, y alternate: the pattern matched them in pairs
+        label = " ".join(m.group("words").split()) or " ".join((m.group("alt") or "").split()) or None
+        points = (self._point(numbers[i], numbers[i + 1]) for i in range(0, len(numbers) - 1, 2))
+        return [GroundedObject.at(label, *p) for p in points if p is not None]
+
     def _parse(self, text: str) -> list[GroundedObject]:
         objects: list[GroundedObject] = []
-        boxes: list[BoxNorm | None] = []  # the bboxes of the object being read (normally one)
+        # the bboxes and points of the JSON object being read (normally one), None where out of range
+        found: list[GroundedObject | None] = []
         label: str | None = None
+
+        def flush() -> None:
+            for o in found:
+                if o is not None:
+                    o.phrase = label
+                    objects.append(o)
+            found.clear()
 
         for m in _TOKENS.finditer(text):
             if m.group("edge"):
                 # an object boundary: what was read so far belongs to the object it ends
-                if boxes:
-                    objects.extend(GroundedObject(label, b) for b in boxes if b is not None)
-                    boxes = []
+                flush()
                 label = None
             elif m.group("bbox"):
-                boxes.append(self._box(m.groups()[1:5]))
+                box = self._box(m.groups()[1:5])
+                found.append(None if box is None else GroundedObject(None, box))
+            elif m.group("point"):
+                point = self._point(m.group(_POINT_XY), m.group(_POINT_XY + 1))
+                found.append(None if point is None else GroundedObject.at(None, *point))
+            elif m.group("xy"):
+                flush()
+                objects.extend(self._xml_points(m))
             elif m.group("label"):
                 label = _label(m.group("label"))
             else:
                 label = None
-        objects.extend(GroundedObject(label, b) for b in boxes if b is not None)
+        flush()
         return objects
 
     def to_slots(self, text: str, first: int = 0) -> tuple[str, list[BoxNorm]]:
@@ -171,10 +222,15 @@ class Qwen25VLLocationCodec(WrittenLocations):
                     close()
                 label, start = None, -1
                 continue
+            if m.group("xy"):  # the cookbook's XML points are left as written
+                continue
             start = m.start() if start < 0 else start
             end = m.end()
             if m.group("bbox"):
                 boxes.append(self._box(m.groups()[1:5]))
+            elif m.group("point"):  # a point's slot holds its degenerate box, as records keep points
+                point = self._point(m.group(_POINT_XY), m.group(_POINT_XY + 1))
+                boxes.append(None if point is None else (*point, *point))
             else:
                 label = _label(m.group("label")) if m.group("label") else None
         if boxes:
@@ -210,7 +266,8 @@ class Qwen25VLLocationCodec(WrittenLocations):
 
     def special_tokens(self) -> list[str]:
         """For a word-level tokenizer: the JSON's punctuation and keys, and the pixel values 0..size."""
-        return ["`", "json", "[", "]", "{", "}", ":", ",", '"', "bbox_2d", "label", "null", *number_words(self.size)]
+        return ["`", "json", "[", "]", "{", "}", ":", ",", '"', "bbox_2d", "point_2d", "label", "null",
+                *number_words(self.size)]
 
     def added_tokens(self) -> list[str]:
         """None: the JSON is plain text."""

@@ -95,12 +95,16 @@ class ChatCompletionRequest(BaseModel):
 
 
 class ObjectOut(BaseModel):
-    """A grounded object: phrase (null for a bare box), box in original pixels and in [0, 1], mask."""
+    """A grounded object: phrase (null for a bare box), box in original pixels and in [0, 1], mask, point."""
 
     phrase: str | None
     box: list[float] | None = Field(description="[x1, y1, x2, y2] in pixels of the request's image")
     box_norm: list[float] = Field(description="[x1, y1, x2, y2] in [0, 1] of the model's input frame")
     mask: dict | list | None = Field(None, description="COCO RLE (or polygons) when the model gives a mask")
+    point_norm: list[float] | None = Field(
+        None, description="[x, y] in [0, 1] of the model's input frame when the model wrote a point (box is [x, y, x, y])"
+    )
+    point: list[float] | None = Field(None, description="[x, y] in pixels of the request's image for a point")
 
 
 class AssistantMessage(BaseModel):

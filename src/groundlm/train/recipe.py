@@ -25,6 +25,7 @@ expanding `~` and environment variables (`$DATA/coco.jsonl`).
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -135,6 +136,10 @@ class Recipe:
 # Checks and defaults
 
 
+class FrameWarning(UserWarning):
+    """A recipe's `model.frame` differs from the frame its location codec's published format refers to."""
+
+
 def _check_model(m: ModelSpec, where: str) -> None:
     from ..weights import init_source  # here: weights/ imports the builder, which imports this package
 
@@ -172,13 +177,35 @@ def _check_model(m: ModelSpec, where: str) -> None:
             kind = "models built from scratch" if pretrained else "pretrained parts"
             also = "" if pretrained else " (vision_tower + language_model, or init_from)"
             raise RecipeError(f"{where}.{name}: applies to {kind} only{also}")
+    codec = make_codec(m)
+    if not pretrained and m.coordinate_init == "sincos" and codec.coordinate_tokens() is None:
+        origin = f" (set by preset {m.preset!r})" if (PRESETS.get(m.preset) or {}).get("coordinate_init") else ""
+        raise RecipeError(
+            f"{where}.coordinate_init: 'sincos'{origin} lays a code on coordinate tokens, and location_codec "
+            f"{m.location_codec!r} has none; set coordinate_init: random or use a codec with coordinate tokens"
+        )
+    _check_frame(m, codec.frame, where)
     if m.location_head is not None:
         known = {f.name for f in dataclasses.fields(LocationHeadConfig)} - {"trigger_token_id", "slot_token_id"}
-        if not make_codec(m).has_heads or set(m.location_head) - known:
+        if not codec.has_heads or set(m.location_head) - known:
             raise RecipeError(
                 f"{where}.location_head: needs a location_codec with heads (embedding) and fields among "
                 f"{sorted(known)}"
             )
+
+
+def _check_frame(m: ModelSpec, published: str | None, where: str) -> None:
+    """Warn when `m.frame` is not the frame the codec's published format refers to (None: the codec follows the
+    model's frame). A warning, not an error: the model still learns and reads its numbers consistently in its
+    own frame; they only differ from the published model's on non-square images."""
+    if published is not None and m.frame != published:
+        warnings.warn(
+            f"{where}.frame: {m.frame!r}, but location_codec {m.location_codec!r} writes its numbers in the "
+            f"{published!r} frame in its published format; this model's numbers refer to the {m.frame!r} frame, "
+            f"so on non-square images they differ from the published model's (frame: {published} matches it)",
+            FrameWarning,
+            stacklevel=4,
+        )
 
 
 def _check_source(s: SourceSpec, where: str) -> None:

@@ -106,7 +106,7 @@ class Locations:
                 raise ValueError(f"the {codec} codec writes no coordinates in text; it cannot be exported")
         elif frame == "pad":
             raise ValueError(f"{codec} writes pixels of the image the model sees; it has no pad frame")
-        self.frame = frame or getattr(self._codec, "frame", "resize")
+        self.frame = frame or (self._codec.frame if self._codec is not None else None) or "resize"
         if smart_resize and self._pixels is None:
             raise ValueError(f"smart_resize applies to codecs written in pixels ({', '.join(PIXEL_CODECS)})")
         if min_pixels <= 0 or max_pixels < min_pixels:

@@ -63,7 +63,8 @@ class WrittenLocations:
         self.name, self.bins = codec, bins
         self.pixels = codec in _PIXELS_OF_INPUT
         self.codec = self._codec(1)
-        self.frame = frame or getattr(self.codec, "frame", "resize")
+        # groundlm's own formats have no published frame (None): they follow the model's, by default resize
+        self.frame = frame or self.codec.frame or "resize"
 
     def _codec(self, size: int) -> LocationCodec:
         return make_codec(_Settings(self.name, self.bins, size))
