@@ -93,6 +93,9 @@ class LocationCodec(Protocol):
     # Which image the numbers refer to in the published format ("resize" or "pad", `geometry.FRAMES`), or None
     # for groundlm's own formats, which follow the model's frame; train/recipe.py warns on a mismatch.
     frame: str | None
+    # Whether the numbers are pixels of the model's input (a square of side `image_size`, make_codec) rather
+    # than a fixed grid; importers and exporters then scale boxes by the input's size (Qwen2.5-VL).
+    pixels: bool
 
     def special_tokens(self) -> list[str]:
         """Tokens the tokenizer must keep whole."""
@@ -148,6 +151,7 @@ class WrittenLocations:
 
     has_heads = False
     frame: str | None = None  # a published format's codec names its frame
+    pixels = False  # numbers on a fixed grid
 
     def head_settings(self, tokenizer) -> dict | None:
         return None

@@ -66,6 +66,7 @@ class EmbeddingLocationCodec:
     slot: str = SLOT_TOKEN
     has_heads = True  # the box encoder / decoder (not a dataclass field: a ClassVar-like constant)
     frame = None  # groundlm's own format: boxes of the model's frame, whichever it is
+    pixels = False  # no numbers in the text at all
 
     # ---- text -----------------------------------------------------------------------------------------------
     def render(self, content: str, boxes_norm: Sequence[Sequence[float]], *, output: bool = True) -> str:

@@ -96,6 +96,7 @@ class Qwen25VLLocationCodec(WrittenLocations):
 
     # The numbers are pixels of the original image squashed to the model's input (no padding).
     frame = "resize"
+    pixels = True  # absolute pixels of the model's input
 
     def __post_init__(self) -> None:
         check_bins(self.size, 1)

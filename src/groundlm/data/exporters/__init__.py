@@ -19,7 +19,7 @@ from collections.abc import Callable
 from .base import Exporter, ExportError, ExportReport, RecordError, write_export
 from .llama_factory import LlamaFactoryExporter
 from .llava import LlavaExporter
-from .locations import PIXEL_CODECS, Locations, smart_resize
+from .locations import Locations, smart_resize
 from .qwen2_5_vl import Qwen25VLExporter
 from .swift import SwiftExporter
 
@@ -32,7 +32,6 @@ EXPORTERS: dict[str, Callable[..., Exporter]] = {
 
 __all__ = [
     "EXPORTERS",
-    "PIXEL_CODECS",
     "ExportError",
     "ExportReport",
     "Exporter",

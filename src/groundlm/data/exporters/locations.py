@@ -9,7 +9,7 @@ src/groundlm/location), with the record's pixel boxes (kept inside the image) no
   ``geometry.Frame``), ``resize`` for the others; groundlm's own ``text``/``tokens`` codecs have no published
   frame and use ``resize`` (MiniGPT-v2 squashes its images). ``frame`` overrides it. The ``text`` and ``tokens``
   codecs use 100 bins (MiniGPT-v2's grid).
-- codecs written in pixels (``PIXEL_CODECS``: ``qwen2_5_vl``, JSON ``bbox_2d``) get the box in pixels of the
+- codecs written in pixels (``codec.pixels``: ``qwen2_5_vl``, JSON ``bbox_2d``) get the box in pixels of the
   image the model sees: by default the original image (``round(x)`` of the record's box), or with
   ``smart_resize`` the size Qwen2.5-VL's processor resizes it to (``smart_resize`` below), the box scaled along
   each axis. The codec quantises ``round(v * size)`` of a square ``size``, so it is built per image with
@@ -28,23 +28,17 @@ sides rounded to multiples of 28 (at least 28); if the area exceeds ``max_pixels
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ...geometry import FRAMES, Frame, clip_box
-from ...location import CODECS, LocationCodec, Qwen25VLLocationCodec
+from ...location import CODECS
 from ...records import BOX_SLOT, Record
 
 FACTOR = 28
 MIN_PIXELS = 4 * 28 * 28
 MAX_PIXELS = 16384 * 28 * 28
 MAX_RATIO = 200
-
-# codecs that write pixels of the image itself rather than a fixed grid: name -> constructor taking the side
-PIXEL_CODECS: dict[str, Callable[[int], LocationCodec]] = {
-    "qwen2_5_vl": lambda side: Qwen25VLLocationCodec(size=side),
-}
-
 
 def smart_resize(
     height: int, width: int, *, factor: int = FACTOR, min_pixels: int = MIN_PIXELS, max_pixels: int = MAX_PIXELS
@@ -98,17 +92,15 @@ class Locations:
         if frame is not None and frame not in FRAMES:
             raise ValueError(f"frame must be one of {', '.join(FRAMES)}, got {frame!r}")
         self.name = codec
-        self._pixels = PIXEL_CODECS.get(codec)
-        self._codec: LocationCodec | None = None
-        if self._pixels is None:
-            self._codec = CODECS[codec](_Settings(codec))
-            if self._codec.has_heads:
-                raise ValueError(f"the {codec} codec writes no coordinates in text; it cannot be exported")
-        elif frame == "pad":
+        self._codec = CODECS[codec](_Settings(codec))
+        self._pixels = self._codec.pixels
+        if self._codec.has_heads:
+            raise ValueError(f"the {codec} codec writes no coordinates in text; it cannot be exported")
+        if self._pixels and frame == "pad":
             raise ValueError(f"{codec} writes pixels of the image the model sees; it has no pad frame")
-        self.frame = frame or (self._codec.frame if self._codec is not None else None) or "resize"
-        if smart_resize and self._pixels is None:
-            raise ValueError(f"smart_resize applies to codecs written in pixels ({', '.join(PIXEL_CODECS)})")
+        self.frame = frame or self._codec.frame or "resize"
+        if smart_resize and not self._pixels:
+            raise ValueError(f"smart_resize applies to codecs written in pixels of the input (qwen2_5_vl), not {codec}")
         if min_pixels <= 0 or max_pixels < min_pixels:
             raise ValueError(f"need 0 < min_pixels <= max_pixels, got {min_pixels} and {max_pixels}")
         self.smart_resize, self.min_pixels, self.max_pixels = smart_resize, min_pixels, max_pixels
@@ -122,14 +114,13 @@ class Locations:
 
     def _codec_and_boxes(self, boxes: Sequence[Sequence[float]], width: int, height: int):
         inside = [clip_box(b, width, height) for b in boxes]
-        if self._pixels is None:
-            assert self._codec is not None
+        if not self._pixels:
             frame = Frame(width, height, self.frame)  # type: ignore[arg-type]
             return self._codec, [frame.normalize(b) for b in inside]
         w, h = self.input_size(width, height)
         side = max(w, h)
         sx, sy = w / width / side, h / height / side
-        return self._pixels(side), [(x1 * sx, y1 * sy, x2 * sx, y2 * sy) for x1, y1, x2, y2 in inside]
+        return CODECS[self.name](_Settings(self.name, image_size=side)), [(x1 * sx, y1 * sy, x2 * sx, y2 * sy) for x1, y1, x2, y2 in inside]
 
     def render(self, record: Record, size: tuple[int, int] | None) -> list[str]:
         """Every message's content with its slots written; ``size`` (width, height) is needed when it has slots."""

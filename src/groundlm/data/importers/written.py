@@ -34,8 +34,6 @@ from ...records import BOX_SLOT, GroundTruthObject, Message
 from .base import PathLike, RowError, image_size
 from .fields import positive_int
 
-# codecs whose numbers are pixels of the model's input (make_codec's image_size), not [0, 1] of a frame
-_PIXELS_OF_INPUT = ("qwen2_5_vl",)
 _PHRASE_SLOTS = re.compile(r"<p>(?P<words>[^<]*)</p>(?P<slots>(?:<box:\d+>)+)")
 
 
@@ -61,8 +59,8 @@ class WrittenLocations:
         if frame is not None and frame not in FRAMES:
             raise ValueError(f"frame must be one of {', '.join(FRAMES)}, got {frame!r}")
         self.name, self.bins = codec, bins
-        self.pixels = codec in _PIXELS_OF_INPUT
         self.codec = self._codec(1)
+        self.pixels = self.codec.pixels
         # groundlm's own formats have no published frame (None): they follow the model's, by default resize
         self.frame = frame or self.codec.frame or "resize"
 
