@@ -238,3 +238,26 @@ def test_one_megabyte_of_adversarial_text_converts_fast(name, text):
     start = time.process_time()
     CODECS[name].to_slots(text)
     assert time.process_time() - start < 1.0
+
+
+@settings(max_examples=100, deadline=None)
+@given(data=st.data())
+def test_a_qwen2_5_vl_user_turns_inline_arrays_read_back_with_output_false(data):
+    """Qwen2.5-VL writes a prompt's locations otherwise than an answer's (inline arrays, no JSON, no phrase
+    tags): the user turn's `render(output=False)` comes back as its slots and boxes with `to_slots(output=False)`
+    (the other formats write both turns alike, which the round trips above cover)."""
+    name = "qwen2_5_vl"
+    codec = CODECS[name]
+    group = data.draw(st.lists(boxes(), min_size=1, max_size=3))
+    content = "what is " + " and ".join(f"<box:{i}>" for i in range(len(group))) + "?"
+    slots, got = codec.to_slots(codec.render(content, group, output=False), output=False)
+    assert slots == content
+    assert near(got, group, BIN[name])
+
+
+def test_qwen2_5_vl_prompt_arrays_adversarial_megabyte_is_linear():
+    codec = CODECS["qwen2_5_vl"]
+    text = "[1, 2, 3, " * 100_000 + "[ 5 ,  6" * 50_000
+    start = time.process_time()
+    assert codec.to_slots(text, output=False) == (text, [])
+    assert time.process_time() - start < 1.0

@@ -132,14 +132,15 @@ class _BracketCodec(WrittenLocations):
         if self.points:
             # a point is the first two numbers of a box: the bracket may close after them, one attempt for both
             location = rf"{opener}\s*{number}{_COMMA}{number}(?:(?:{_COMMA}{number}){{2}}(?:{_JOINT}{box})*)?\s*{closer}"
+        # The common cases are tried first at each opening bracket, their numbers as groups, so they are read
+        # without a second match or splitting the text: one box with no whitespace (groups 1-4), or one point
+        # (groups 5-6) when the format has points. Their attempt is bounded, so the scan stays linear.
+        ng = f"({number})"
+        tight = rf"{ng}{_COMMA}{ng}{_COMMA}{ng}{_COMMA}{ng}"
+        if self.points:
+            tight += rf"|\s*{ng}{_COMMA}{ng}\s*"
         # frozen dataclass: set the derived regexes once, after the fields are known
-        object.__setattr__(self, "_scan", re.compile(location))
-        # one box with no whitespace, the common case: its 4 numbers as groups, without splitting the text
-        number_group = f"({number})"
-        one = rf"{opener}{number_group}{_COMMA}{number_group}{_COMMA}{number_group}{_COMMA}{number_group}{closer}"
-        object.__setattr__(self, "_one", re.compile(one))
-        point = rf"{opener}\s*{number_group}{_COMMA}{number_group}\s*{closer}"
-        object.__setattr__(self, "_point", re.compile(point))
+        object.__setattr__(self, "_scan", re.compile(rf"{opener}(?:{tight}){closer}|{location}"))
         # a run of locations of one phrase, removed as a whole by strip (with the `,`/`;` between them)
         object.__setattr__(self, "_run", markup(rf"{location}(?:\s*[,;]\s*{location})*"))
 
@@ -171,10 +172,6 @@ class _BracketCodec(WrittenLocations):
 
     def _boxes(self, location: str) -> list[BoxNorm]:
         # the location matched the scanner, so its numbers are its runs of digits and dots, 4 per box
-        one = self._one.fullmatch(location)
-        if one is not None:  # one box written tight: the common case, kept cheap for long answers
-            box = self._box(one.groups())
-            return [] if box is None else [box]
         numbers = _NUMBER.findall("".join(location.split()))  # `0 . 5` (word-level decoding) is 0.5
         boxes = [self._box(numbers[i : i + 4]) for i in range(0, len(numbers), 4)]
         return [box for box in boxes if box is not None]
@@ -187,6 +184,7 @@ class _BracketCodec(WrittenLocations):
 
     def _parse(self, text: str) -> list[GroundedObject]:
         objects: list[GroundedObject] = []
+        append = objects.append
         end = 0
         phrase: str | None = None
         same_phrase = _SAME_PHRASE.fullmatch
@@ -194,22 +192,25 @@ class _BracketCodec(WrittenLocations):
             start = m.start()
             if not (end and same_phrase(text, end, start)):  # in place: no copy of the gap per box
                 phrase = _phrase(text[end:start])
-            boxes, is_point = self._locations(m)
-            objects.extend(GroundedObject.at(phrase, b[0], b[1]) if is_point else GroundedObject(phrase, b) for b in boxes)
             end = m.end()
+            boxes, is_point = self._locations(m)
+            for box in boxes:  # a loop and positional fields: dense output parses many boxes
+                append(GroundedObject(phrase, box, None, None, is_point))
         return objects
 
     def _locations(self, m: re.Match[str]) -> tuple[list[BoxNorm], bool]:
-        """The boxes of one scanned location, and whether it is a point (then its one degenerate box, read as
-        a box is: range check, grid)."""
-        point = self._point.fullmatch(m.string, m.start(), m.end()) if self.points else None
-        if point is None:
+        """The boxes of a location the scanner matched, and whether it is a point (then its one degenerate box,
+        read as a box is: range check, grid)."""
+        if m.group(1) is not None:
+            box = self._box(m.group(1, 2, 3, 4))
+            return ([] if box is None else [box]), False
+        if m.lastindex is None:  # the general form: several boxes, or whitespace inside
             return self._boxes(m.group(0)), False
-        x, y = point.groups()
+        x, y = m.group(5, 6)
         box = self._box((x, y, x, y))
         return ([] if box is None else [box]), True
 
-    def to_slots(self, text: str, first: int = 0) -> tuple[str, list[BoxNorm]]:
+    def to_slots(self, text: str, first: int = 0, *, output: bool = True) -> tuple[str, list[BoxNorm]]:
         """`A man [..] rides a horse [..].` → `<p>A man</p><box:0> <p>rides a horse</p><box:1>.` (the inverse of
         `render`). The phrase is the one `parse` reads (the words since the previous box or sentence boundary),
         so the same guess applies: a box gets `<p>…</p>` only when nothing but spaces stands between those
@@ -292,8 +293,6 @@ class ShikraLocationCodec(_BracketCodec):
     points: ClassVar[bool] = True
     _scan: re.Pattern[str] = field(init=False, repr=False, compare=False)
     _run: re.Pattern[str] = field(init=False, repr=False, compare=False)
-    _one: re.Pattern[str] = field(init=False, repr=False, compare=False)
-    _point: re.Pattern[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         _check_count("decimals", self.decimals, 1, 6)  # 10**decimals digit strings are tokenizer entries
@@ -349,8 +348,6 @@ class FerretLocationCodec(_BracketCodec):
     points: ClassVar[bool] = True
     _scan: re.Pattern[str] = field(init=False, repr=False, compare=False)
     _run: re.Pattern[str] = field(init=False, repr=False, compare=False)
-    _one: re.Pattern[str] = field(init=False, repr=False, compare=False)
-    _point: re.Pattern[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         check_bins(self.bins, 2)

@@ -77,11 +77,12 @@ class LocationCodec(Protocol):
         """The grounded objects of generated `text`; `decoded` holds boxes a decode hook produced. Never raises."""
         ...
 
-    def to_slots(self, text: str, first: int = 0) -> tuple[str, list[BoxNorm]]:
+    def to_slots(self, text: str, first: int = 0, *, output: bool = True) -> tuple[str, list[BoxNorm]]:
         """The inverse of `render`: `text` with every location written in this format replaced by `<box:k>`
         slots (k numbered from `first`), each phrase the format ties to them written `<p>phrase</p>` right
         before them, and their boxes ([0, 1] of the codec's frame) in slot order. The phrases and boxes are
-        those `parse` reads. Never raises; linear in the text."""
+        those `parse` reads; `output` False reads a user turn, which a format may write otherwise (`render`'s
+        `output`). Never raises; linear in the text."""
         ...
 
     def strip(self, text: str) -> str:

@@ -102,7 +102,7 @@ class EmbeddingLocationCodec:
         # Several boxes of one phrase: the next trigger after `<boxes>` keeps the phrase.
         return pair(text, _SCAN, next_box, _after_slot)
 
-    def to_slots(self, text: str, first: int = 0) -> tuple[str, list[BoxNorm]]:
+    def to_slots(self, text: str, first: int = 0, *, output: bool = True) -> tuple[str, list[BoxNorm]]:
         """`text` unchanged and no boxes: this format writes no coordinates, so a text holds no box to read back
         (`history` turns a generated answer into slots with its decoded boxes instead)."""
         return (text if isinstance(text, str) else ""), []

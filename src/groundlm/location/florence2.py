@@ -86,7 +86,7 @@ class Florence2LocationCodec(WrittenLocations):
         flush()
         return objects
 
-    def to_slots(self, text: str, first: int = 0) -> tuple[str, list[BoxNorm]]:
+    def to_slots(self, text: str, first: int = 0, *, output: bool = True) -> tuple[str, list[BoxNorm]]:
         """`a cat<loc…>×4 dog<loc…>×8` → `<p>a cat</p><box:0> <p>dog</p><box:1><box:2>` (the inverse of
         `render`; the phrases and boxes `parse` reads): a run's phrase is all the words since the previous
         run, as Florence-2 reads them, written `<p>…</p>` with the whitespace around them kept outside. A run

@@ -75,7 +75,7 @@ class InternVLLocationCodec(WrittenLocations):
         """The grounded objects written in `text`, in order; never raises. `decoded` is ignored."""
         return pair_refs(text, _SCAN, self._boxes_of)
 
-    def to_slots(self, text: str, first: int = 0) -> tuple[str, list[BoxNorm]]:
+    def to_slots(self, text: str, first: int = 0, *, output: bool = True) -> tuple[str, list[BoxNorm]]:
         """`<ref>cat</ref><box>[[..], [..]]</box>` → `<p>cat</p><box:0><box:1>`, and a `<ref>` without a box
         → `<p>words</p>` (the inverse of `render`, see `qwen_vl.ref_slots`). Never raises."""
         return ref_slots(text, _SCAN, self._boxes_of, first)

@@ -158,7 +158,7 @@ class Kosmos2LocationCodec(WrittenLocations):
             finish()
         return objects
 
-    def to_slots(self, text: str, first: int = 0) -> tuple[str, list[BoxNorm]]:
+    def to_slots(self, text: str, first: int = 0, *, output: bool = True) -> tuple[str, list[BoxNorm]]:
         """`of<phrase> a cat</phrase><object>…</object>` → `of <p>a cat</p><box:0>` (the inverse of `render`;
         the phrases and boxes `parse` reads): the space Kosmos-2 writes inside `<phrase>` goes back before `<p>`
         unless the text there already ends in whitespace or starts. A `<phrase>` owning no object becomes its

@@ -11,7 +11,7 @@ BoxNorm = tuple[float, float, float, float]
 PointNorm = tuple[float, float]
 
 
-@dataclass
+@dataclass(slots=True)  # no per-object dict: dense answers parse to many objects
 class GroundedObject:
     """One object an answer grounds: its phrase (None for a bare box) and its box, or its point.
 

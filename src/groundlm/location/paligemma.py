@@ -93,7 +93,7 @@ class PaliGemmaLocationCodec(WrittenLocations):
                     objects.append(GroundedObject(phrase, self.dequantize(q)))
         return objects
 
-    def to_slots(self, text: str, first: int = 0) -> tuple[str, list[BoxNorm]]:
+    def to_slots(self, text: str, first: int = 0, *, output: bool = True) -> tuple[str, list[BoxNorm]]:
         """`<loc…>×4 cat ; <loc…>×4 two dogs ; <loc…>×4 two dogs` → `<p>cat</p><box:0><p>two dogs</p><box:1>
         <box:2>` (the inverse of `render`; the phrases and boxes `parse` reads). The ` ; ` between detections
         that follow each other is the format's, so it goes; detections of one phrase in a row become one phrase

@@ -69,6 +69,9 @@ _TOKENS = re.compile(
     re.DOTALL,
 )
 _XY = re.compile(rf'"\s*({_NUMBER})\s*"')
+# A prompt's inline `[x1, y1, x2, y2]` or `[x, y]` (bounded numbers and spaces: one attempt per `[`).
+_SEP = r"\s{0,8},\s{0,8}"
+_INLINE = re.compile(rf"\[\s{{0,8}}{_NUM}{_SEP}{_NUM}(?:{_SEP}{_NUM}{_SEP}{_NUM})?\s{{0,8}}\]")
 _POINT_XY = _TOKENS.groupindex["point"] + 1  # the point's x and y groups follow its own
 _PHRASE_RUN = re.compile(rf"(?:<p>(?P<words>[^<]*)</p>)?(?P<run>(?:{BOX_SLOT.pattern})+)")
 _PHRASE_TAGS = re.compile(r"</?p>")
@@ -194,14 +197,29 @@ class Qwen25VLLocationCodec(WrittenLocations):
         flush()
         return objects
 
-    def to_slots(self, text: str, first: int = 0) -> tuple[str, list[BoxNorm]]:
+    def to_slots(self, text: str, first: int = 0, *, output: bool = True) -> tuple[str, list[BoxNorm]]:
         """```` ```json\n[{"bbox_2d": [..], "label": "cat"}, {…}]\n``` ```` → `<p>cat</p><box:0>…` (the inverse of
         an answer's `render`; the objects `parse` reads, in order). A JSON list becomes its objects' slots, with
         its brackets, braces and fence; objects in a row with one label become one phrase with several slots, a
-        null label bare slots. Words outside the JSON stay. A prompt's inline `[x1, y1, x2, y2]` (a user turn's
-        `render`) is not read back: `parse` does not read it either, since any four numbers look like it. An
-        object without a valid bbox stays as written. Never raises."""
-        return slots_never_raising(self._to_slots, text, first)
+        null label bare slots. Words outside the JSON stay. An object without a valid bbox stays as written. With
+        `output` False (a user turn) the inline `[x1, y1, x2, y2]` / `[x, y]` arrays a prompt's `render` writes
+        are read instead; `parse` never reads those in answers, where any four numbers would look like one.
+        Never raises."""
+        return slots_never_raising(self._to_slots if output else self._prompt_slots, text, first)
+
+    def _prompt_slots(self, text: str, first: int) -> tuple[str, list[BoxNorm]]:
+        # a user turn's inline arrays, as `render(output=False)` writes them: 4 numbers a box, 2 a point
+        out = SlotText(text, first)
+        for m in _INLINE.finditer(text):
+            numbers = [n for n in m.groups() if n is not None]
+            if len(numbers) == 2:
+                point = self._point(*numbers)
+                box = None if point is None else (*point, *point)
+            else:
+                box = self._box(numbers)
+            if box is not None:
+                out.replace(m.start(), m.end(), out.slots([box]))
+        return out.result()
 
     def _to_slots(self, text: str, first: int) -> tuple[str, list[BoxNorm]]:
         # each object read like `_parse`, with the span of its first and last bbox/label token

@@ -127,7 +127,7 @@ class TextLocationCodec(WrittenLocations):
         text = text.replace(_UNK, "") if isinstance(text, str) else text
         return pair(text, _SCAN, lambda m: self._boxes_in(m.group("loc")))
 
-    def to_slots(self, text: str, first: int = 0) -> tuple[str, list[BoxNorm]]:
+    def to_slots(self, text: str, first: int = 0, *, output: bool = True) -> tuple[str, list[BoxNorm]]:
         """`<p>cat</p> {<1><2><3><4>}<delim>{…}` → `<p>cat</p><box:0><box:1>` (the inverse of `render`; the
         phrases and boxes `parse` reads). `<unk>` is dropped first, as `parse` does; a brace pair with no valid
         box stays as written. Never raises."""

@@ -95,7 +95,7 @@ class TokenLocationCodec(WrittenLocations):
         `decoded` is ignored: the boxes are in the text."""
         return pair(text, _SCAN, lambda m: self._boxes(m.group("loc")))
 
-    def to_slots(self, text: str, first: int = 0) -> tuple[str, list[BoxNorm]]:
+    def to_slots(self, text: str, first: int = 0, *, output: bool = True) -> tuple[str, list[BoxNorm]]:
         """`<p>cat</p><loc_a>…×4` → `<p>cat</p><box:0>`, one slot per 4 tokens of a run (the inverse of
         `render`; the phrases and boxes `parse` reads). Never raises."""
         return pair_slots(text, _SCAN, lambda m: self._boxes(m.group("loc")), first)

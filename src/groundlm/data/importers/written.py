@@ -80,7 +80,7 @@ class WrittenLocations:
         for k, message in enumerate(messages):
             if message.role == "system":
                 continue
-            content, found = codec.to_slots(message.content, len(boxes))
+            content, found = codec.to_slots(message.content, len(boxes), output=message.role == "assistant")
             if found and image is None:
                 raise RowError(f"{key}[{k}]", "holds a location but the row has no image", "missing")
             message.content = content
