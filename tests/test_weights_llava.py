@@ -410,8 +410,11 @@ def test_the_fine_tuning_recipes_of_the_docs_dry_run(tmp_path):
     text = (ROOT / "docs" / "published-models.md").read_text()
     blocks = [b.split("```", 1)[0] for b in text.split("```yaml\n")[1:]]
     recipes = [yaml.safe_load(b) for b in blocks if b.startswith("name: ")]
-    assert [r["name"] for r in recipes] == ["llava-1.5-7b-full", "llava-1.5-7b-lora"]
+    assert [r["name"] for r in recipes] == [
+        "llava-1.5-7b-full", "llava-1.5-7b-lora", "minigptv2-lora", "minigptv2-full", "minigpt4-projection",
+        "nextchat-full", "nextchat-lora",
+    ]
     for recipe in recipes:
         resolved = from_dict(recipe)  # the full recipe as written: init_from, dtype, LoRA
-        assert resolved.model.init_from == InitFrom(path="models/llava-1.5-7b")
+        assert resolved.model.init_from == InitFrom(path=recipe["model"]["init_from"])
         train(dry_run(resolved), tmp_path / recipe["name"], progress=False)
