@@ -114,6 +114,10 @@ class _BracketCodec(WrittenLocations):
         """The box of 4 numbers as written, corners in order, or None when one is out of range."""
         raise NotImplementedError
 
+    def _point_box(self, x: str, y: str) -> BoxNorm | None:
+        """The degenerate box (x, y, x, y) of a point as written, or None when out of range."""
+        raise NotImplementedError
+
     def _brackets(self) -> tuple[str, str]:
         raise NotImplementedError
 
@@ -185,6 +189,7 @@ class _BracketCodec(WrittenLocations):
     def _parse(self, text: str) -> list[GroundedObject]:
         objects: list[GroundedObject] = []
         append = objects.append
+        box_of, point_of = self._box, self._point_box
         end = 0
         phrase: str | None = None
         same_phrase = _SAME_PHRASE.fullmatch
@@ -193,9 +198,18 @@ class _BracketCodec(WrittenLocations):
             if not (end and same_phrase(text, end, start)):  # in place: no copy of the gap per box
                 phrase = _phrase(text[end:start])
             end = m.end()
-            boxes, is_point = self._locations(m)
-            for box in boxes:  # a loop and positional fields: dense output parses many boxes
-                append(GroundedObject(phrase, box, None, None, is_point))
+            # `_locations` inlined, objects built with positional fields: dense output parses many boxes
+            if m.group(1) is not None:
+                box = box_of(m.group(1, 2, 3, 4))
+                if box is not None:
+                    append(GroundedObject(phrase, box, None, None, False))
+            elif m.lastindex is not None:
+                box = point_of(*m.group(5, 6))
+                if box is not None:
+                    append(GroundedObject(phrase, box, None, None, True))
+            else:
+                for box in self._boxes(m.group(0)):
+                    append(GroundedObject(phrase, box, None, None, False))
         return objects
 
     def _locations(self, m: re.Match[str]) -> tuple[list[BoxNorm], bool]:
@@ -206,8 +220,7 @@ class _BracketCodec(WrittenLocations):
             return ([] if box is None else [box]), False
         if m.lastindex is None:  # the general form: several boxes, or whitespace inside
             return self._boxes(m.group(0)), False
-        x, y = m.group(5, 6)
-        box = self._box((x, y, x, y))
+        box = self._point_box(*m.group(5, 6))
         return ([] if box is None else [box]), True
 
     def to_slots(self, text: str, first: int = 0, *, output: bool = True) -> tuple[str, list[BoxNorm]]:
@@ -322,6 +335,11 @@ class ShikraLocationCodec(_BracketCodec):
         # swapped corners still span one box (scan.ordered, inlined: dense output parses many boxes)
         return (min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2))
 
+    def _point_box(self, x: str, y: str) -> BoxNorm | None:
+        """The degenerate box (x, y, x, y) of a point as written, or None when out of range."""
+        fx, fy = float(x), float(y)
+        return None if fx > 1.0 or fy > 1.0 else (fx, fy, fx, fy)
+
 
 @dataclass(frozen=True)
 class LlavaLocationCodec(ShikraLocationCodec):
@@ -381,6 +399,14 @@ class FerretLocationCodec(_BracketCodec):
             return None
         # swapped corners still span one box; `dequantize` inlined: dense output parses many boxes
         return (min(x1, x2) / bins, min(y1, y2) / bins, max(x1, x2) / bins, max(y1, y2) / bins)
+
+    def _point_box(self, x: str, y: str) -> BoxNorm | None:
+        """The degenerate box (x, y, x, y) of a point as written, or None when out of range."""
+        ix, iy, bins = int(x), int(y), self.bins
+        if ix >= bins or iy >= bins:
+            return None
+        fx, fy = ix / bins, iy / bins
+        return (fx, fy, fx, fy)
 
 
 @dataclass(frozen=True)
