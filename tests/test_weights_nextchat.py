@@ -262,3 +262,24 @@ def test_wrong_model_type_names_the_field(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llava"}))
     with pytest.raises(WeightsError, match="model_type"):
         import_nextchat(tmp_path, tmp_path / "out")
+
+
+def test_a_local_sam_directory_becomes_the_mask_decoder(tmp_path):
+    """`location_head: {mask_decoder: sam, sam_path: DIR}`: a transformers SAM saved locally replaces the
+    miniature decoder, with its own weights; without a path or a config it is a clear error."""
+    from groundlm.presets import ModelSpec, build_model
+
+    torch.manual_seed(0)
+    sam = SamModel(SamConfig(**SAM)).eval()
+    sam.save_pretrained(tmp_path / "sam")
+    spec = ModelSpec(preset="tiny", connector="concat4", location_codec="embedding",
+                     location_head={"mask_decoder": "sam", "sam_path": str(tmp_path / "sam")})
+    model, _ = build_model(spec, seed=0)
+    decoder = model.location_heads.mask_decoder
+    assert type(decoder).__name__ == "SamMaskDecoder"
+    saved = sam.state_dict()
+    assert all(torch.equal(decoder.sam.state_dict()[k], v) for k, v in saved.items())
+    missing = ModelSpec(preset="tiny", connector="concat4", location_codec="embedding",
+                        location_head={"mask_decoder": "sam"})
+    with pytest.raises(ValueError, match="needs sam_path"):
+        build_model(missing, seed=0)
