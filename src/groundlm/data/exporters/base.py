@@ -20,14 +20,14 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Protocol
 
 from ...records import Record
 from ..importers.base import image_size
+from ..report import Skips
 from .locations import Locations, has_slots
 
 OnError = Literal["raise", "skip"]
@@ -57,28 +57,14 @@ class ExportError(ValueError):
 
 
 @dataclass
-class ExportReport:
+class ExportReport(Skips):
     """What an export did: records read, rows written, and records skipped, counted per reason."""
 
     records: int = 0
     rows: int = 0
-    skipped: Counter = field(default_factory=Counter)
-
-    def skip(self, reason: str, n: int = 1) -> None:
-        """Count ``n`` skipped records under ``reason``."""
-        self.skipped[reason] += n
-
-    @property
-    def n_skipped(self) -> int:
-        """The total number of skipped records."""
-        return sum(self.skipped.values())
 
     def __str__(self) -> str:
-        text = f"read {self.records} records, wrote {self.rows} rows"
-        if self.skipped:
-            reasons = ", ".join(f"{reason}: {n}" for reason, n in self.skipped.most_common())
-            text += f", skipped {self.n_skipped} ({reasons})"
-        return text
+        return f"read {self.records} records, wrote {self.rows} rows" + self.skipped_text()
 
 
 class Exporter(Protocol):

@@ -21,7 +21,6 @@ import logging
 import os
 import random
 import re
-from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypedDict, TypeVar
@@ -29,6 +28,7 @@ from typing import Any, Literal, TypedDict, TypeVar
 from PIL import Image
 
 from ...records import Record, validate_record
+from ..report import Skips
 
 logger = logging.getLogger("groundlm.data.importers")
 
@@ -39,30 +39,16 @@ PathLike = str | os.PathLike
 
 
 @dataclass
-class ImportReport:
-    """What an import did: rows read, records made, and rows (or parts of rows) skipped, counted per reason."""
+class ImportReport(Skips):
+    """What an import did: rows read, records made, and what was skipped, counted per reason."""
 
     rows: int = 0
     records: int = 0
-    skipped: Counter = field(default_factory=Counter)
     # called once per row read, e.g. to advance a progress bar (`groundlm data import`)
     on_row: Callable[[], None] | None = field(default=None, repr=False, compare=False)
 
-    def skip(self, reason: str, n: int = 1) -> None:
-        """Count ``n`` skipped rows (or parts of rows) under ``reason``."""
-        self.skipped[reason] += n
-
-    @property
-    def n_skipped(self) -> int:
-        """The total number of skips over all reasons."""
-        return sum(self.skipped.values())
-
     def __str__(self) -> str:
-        text = f"read {self.rows} rows, made {self.records} records"
-        if self.skipped:
-            reasons = ", ".join(f"{reason}: {n}" for reason, n in self.skipped.most_common())
-            text += f", skipped {self.n_skipped} ({reasons})"
-        return text
+        return f"read {self.rows} rows, made {self.records} records" + self.skipped_text()
 
 
 class ImportRowError(ValueError):
