@@ -18,6 +18,7 @@ from ..processor import IGNORE_INDEX
 from .dense import HEAD, DenseTargets, build_dense_model, dense_losses
 from .recipe import DenseSpec, RecipeError, StageSpec
 from .soft_targets import coordinate_token_ids, soft_coordinate_losses
+from .strategies import WHOLE_MODEL
 
 
 class Objective(Protocol):
@@ -157,6 +158,10 @@ class DenseObjective:
 
     @staticmethod
     def check(stage: StageSpec, where: str) -> None:
+        if stage.strategy not in WHOLE_MODEL:  # the head is a module of its own, beside the model
+            raise RecipeError(
+                f"{where}.strategy: a dense_patches stage runs with strategy: {' or '.join(WHOLE_MODEL)}"
+            )
         if stage.dense is None:
             stage.dense = DenseSpec()
         if not 0.0 < stage.dense.min_cover <= 1.0:

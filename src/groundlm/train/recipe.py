@@ -43,6 +43,7 @@ from ..templates import TEMPLATES
 from .build import DTYPES, WORD_LISTS
 from .precision import PRECISIONS
 from .schema import RecipeError, build, expand
+from .strategies import check_strategy
 
 
 @dataclass
@@ -111,6 +112,11 @@ class StageSpec:
     weight_decay: float = 0.0  # on weights with >= 2 dims only (biases and norms never decay)
     max_grad_norm: float | None = 1.0
     precision: str = "fp32"  # fp32 | bf16 (autocast) | auto (bf16 where the hardware has it natively)
+    # How the stage is spread over processes (train/strategies/, docs/scaling.md): ddp | fsdp | deepspeed
+    strategy: str = "ddp"
+    deepspeed_config: str = (
+        "zero2"  # deepspeed: zero2 | zero3 (shipped) or a JSON file whose "auto"s are filled
+    )
     gradient_checkpointing: bool = False
     # Cut each micro-batch into length-grouped sub-batches (train/packing.py): less padding, same loss.
     group_by_length: bool = False
@@ -162,7 +168,10 @@ def _check_model(m: ModelSpec, where: str) -> None:
             kind = "models built from scratch" if pretrained else "pretrained parts"
             raise RecipeError(f"{where}.{name}: applies to {kind} only")
     if m.location_head is not None:
-        known = {f.name for f in dataclasses.fields(LocationHeadConfig)} - {"trigger_token_id", "slot_token_id"}
+        known = {f.name for f in dataclasses.fields(LocationHeadConfig)} - {
+            "trigger_token_id",
+            "slot_token_id",
+        }
         if not make_codec(m).has_heads or set(m.location_head) - known:
             raise RecipeError(
                 f"{where}.location_head: needs a location_codec with heads (embedding) and fields among "
@@ -199,6 +208,10 @@ def _check_stage(s: StageSpec, where: str) -> None:
         raise RecipeError(
             f"{where}.coordinate_sigma: must be a positive number of bins, got {s.coordinate_sigma!r}"
         )
+    try:
+        s.deepspeed_config = check_strategy(s.strategy, s.deepspeed_config, where)
+    except ValueError as err:
+        raise RecipeError(str(err)) from None
     if s.precision not in PRECISIONS:
         raise RecipeError(f"{where}.precision: {s.precision!r} is not one of {list(PRECISIONS)}")
     if s.template is not None and s.template not in TEMPLATES:
@@ -301,7 +314,9 @@ def from_dict(data: Any, source: str = "recipe", *, world_size: int = 1) -> Reci
     if isinstance(preset, str):
         # The preset's overrides first, the recipe's own model fields over them.
         if preset not in PRESETS:
-            raise RecipeError(f"{source}: model.preset: unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+            raise RecipeError(
+                f"{source}: model.preset: unknown preset {preset!r}; choose one of {sorted(PRESETS)}"
+            )
         data["model"] = {**PRESETS[preset], **model}
     try:
         recipe = build(Recipe, data, "")
@@ -322,7 +337,12 @@ def load_recipe(name_or_path: str | Path, *, world_size: int = 1) -> Recipe:
 
 # Stage fields added after runs were checkpointed, left out of the saved recipe at their default, so such a
 # run still resumes (resume compares the saved YAML).
-_LATE_FIELDS = {"group_by_length": False, "coordinate_sigma": None}
+_LATE_FIELDS = {
+    "group_by_length": False,
+    "coordinate_sigma": None,
+    "strategy": "ddp",
+    "deepspeed_config": "zero2",
+}
 
 
 def to_dict(recipe: Recipe) -> dict:
