@@ -124,7 +124,8 @@ class FSDPStrategy:
             self.optimizer,
             model_state_dict=state["model"],
             optim_state_dict=state["optim"],
-            options=StateDictOptions(ignore_frozen_params=True),
+            # frozen weights are not in the checkpoint: the model built from the recipe holds them already
+            options=StateDictOptions(ignore_frozen_params=True, strict=False),
         )
 
     def release(self, model: nn.Module, rebuild: Callable[[], nn.Module], names: set[str]) -> nn.Module:
