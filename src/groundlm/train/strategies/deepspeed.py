@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 from collections.abc import Callable, Iterator
 from importlib import resources
 from pathlib import Path
@@ -132,6 +133,7 @@ class DeepSpeedStrategy:
         import deepspeed  # optional dependency (pip install groundlm[deepspeed])
 
         ensure_process_group()
+        os.environ.setdefault("LOCAL_RANK", "0")  # one process without a launcher: DeepSpeed asks for it
         if self.device.type == "cpu":
             # DeepSpeed's CPU backend would first compile a shared-memory all-reduce kernel with the system's
             # C++ compiler (minutes, at every fresh start, and racing between processes); gloo, already up,
@@ -161,8 +163,8 @@ class DeepSpeedStrategy:
         return StepResult(norm if applied else None, applied and loss_finite)
 
     def full_tensors(self, model: nn.Module, names: set[str]) -> Iterator[tuple[str, torch.Tensor]]:
-        from deepspeed.utils import safe_get_full_fp32_param
         from deepspeed.runtime.zero import GatheredParameters
+        from deepspeed.utils import safe_get_full_fp32_param
 
         for name, p in model.named_parameters():
             if name not in names:
