@@ -187,7 +187,9 @@ def test_gradient_checkpointing_gives_the_same_losses_and_gradients(tmp_path):
 
         def grab(step, model, on=on):
             if step == 2:
-                grads[on] = {n: p.grad.clone() for n, p in named_parameters(model).items() if p.grad is not None}
+                grads[on] = {
+                    n: p.grad.clone() for n, p in named_parameters(model).items() if p.grad is not None
+                }
 
         recipe = tiny_recipe(2, gradient_checkpointing=on, lora=LORA, train={"connector": 1e-3})
         train(from_dict(recipe), tmp_path / str(on), hooks=TrainHooks(after_backward=grab), progress=False)

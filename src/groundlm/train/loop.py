@@ -7,7 +7,7 @@ the non-finite check and the update, and saves its (sharded) share of each check
 which one it has. Launch with `torchrun --nproc_per_node N -m groundlm train ...` (on a CPU-only machine: N
 gloo processes); docs/scaling.md covers GPUs and several nodes.
 
-What a stage optimises is its objective (train/objectives.py): the module accelerate prepares, the loss units
+What a stage optimises is its objective (train/objectives.py): the module the strategy prepares, the loss units
 of each sample (supervised tokens, image patches) and its summed loss. The step's loss is the mean over every
 loss unit of the optimizer step: all micro-batches of all processes. Each process divides its loss sum by the
 global unit count (one all-reduce before the forward), so N processes x batch B give the same loss and
