@@ -98,9 +98,7 @@ def _from_scratch(spec: ModelSpec, seed: int):
     tokenizer = processor.tokenizer
     coordinates = processor.codec.coordinate_tokens()  # value order: the rows `sincos` lays its code on
     if spec.coordinate_init == "sincos" and coordinates is None:
-        raise ValueError(
-            f"coordinate_init 'sincos' needs coordinate tokens; the {spec.location_codec!r} codec has none"
-        )
+        raise ValueError(f"coordinate_init 'sincos' needs coordinate tokens; the {spec.location_codec!r} codec has none")
     text = {
         "model_type": "llama",
         "vocab_size": len(tokenizer),

@@ -157,9 +157,7 @@ class DenseTargets:
         oy = np.clip(np.minimum(edges[1:], y2) - np.maximum(edges[:-1], y1), 0, None) / p  # [G]
         return oy[:, None] * ox[None, :]  # [G, G]
 
-    def sample(
-        self, objects: Sequence[DenseObject], frame: Frame
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def sample(self, objects: Sequence[DenseObject], frame: Frame) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One sample's targets: label words [P, V] (multi-hot), foreground [P], owner's box [P, 4] (fractions)."""
         g = self.grid
         cover = np.zeros((len(objects), g * g), dtype=np.float32)  # [K, P]
@@ -170,9 +168,7 @@ class DenseTargets:
             rank = cover.copy()
             if all(o.mask is None for o in objects):
                 # Boxes only: a smaller box wins where boxes overlap (it usually lies in front).
-                areas = np.asarray(
-                    [max(1e-6, (o.box[2] - o.box[0]) * (o.box[3] - o.box[1])) for o in objects]
-                )
+                areas = np.asarray([max(1e-6, (o.box[2] - o.box[0]) * (o.box[3] - o.box[1])) for o in objects])
                 rank += (1e-3 / areas.astype(np.float32))[:, None] * (cover > 0)
             best = rank.argmax(0)  # [P]
             owner = np.where(cover[best, np.arange(g * g)] >= self.min_cover, best, -1)
@@ -208,9 +204,7 @@ def dense_losses(model: nn.Module, batch: dict[str, torch.Tensor], spec: DenseSp
     words_logits, fg_logits, boxes = words_logits.float(), fg_logits.float(), boxes.float()
     fg = batch["dense_fg"]  # [B, P]
     fg_loss = F.binary_cross_entropy_with_logits(fg_logits, fg, reduction="none")  # [B, P]
-    word_loss = F.binary_cross_entropy_with_logits(words_logits, batch["dense_words"], reduction="none").sum(
-        -1
-    )
+    word_loss = F.binary_cross_entropy_with_logits(words_logits, batch["dense_words"], reduction="none").sum(-1)
     box_loss = (boxes - batch["dense_boxes"]).abs().sum(-1)  # [B, P], L1 over the 4 coordinates
     per_patch = fg_loss + fg * (spec.label_weight * word_loss + spec.box_weight * box_loss)
     return per_patch.sum(1)  # [B]

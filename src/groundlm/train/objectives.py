@@ -25,9 +25,7 @@ class Objective(Protocol):
     """The loss of a stage, and what it needs besides the model's trained modules."""
 
     images_only: bool  # a sample needs only its image and objects, no conversation (train/sources.py)
-    module: (
-        nn.Module
-    )  # what the strategy prepares and `losses` runs: the model, or a module of the objective's
+    module: nn.Module  # what the strategy prepares and `losses` runs: the model, or a module of its own
     param_groups: list[dict]  # AdamW groups of its own, beyond the model's (params.configure_trainable)
 
     @staticmethod

@@ -49,8 +49,6 @@ class WarmupCosine:
         return self.min_ratio + (1.0 - self.min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def warmup_cosine(
-    optimizer: torch.optim.Optimizer, schedule: WarmupCosine
-) -> torch.optim.lr_scheduler.LambdaLR:
+def warmup_cosine(optimizer: torch.optim.Optimizer, schedule: WarmupCosine) -> torch.optim.lr_scheduler.LambdaLR:
     """A `LambdaLR` of `optimizer` following `schedule` (every parameter group scaled alike)."""
     return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)

@@ -114,9 +114,7 @@ class StageSpec:
     precision: str = "fp32"  # fp32 | bf16 (autocast) | auto (bf16 where the hardware has it natively)
     # How the stage is spread over processes (train/strategies/, docs/scaling.md): ddp | fsdp | deepspeed
     strategy: str = "ddp"
-    deepspeed_config: str = (
-        "zero2"  # deepspeed: zero2 | zero3 (shipped) or a JSON file whose "auto"s are filled
-    )
+    deepspeed_config: str = "zero2"  # deepspeed: zero2 | zero3 (shipped) or a JSON file ("auto"s filled)
     gradient_checkpointing: bool = False
     # Cut each micro-batch into length-grouped sub-batches (train/packing.py): less padding, same loss.
     group_by_length: bool = False
@@ -168,10 +166,7 @@ def _check_model(m: ModelSpec, where: str) -> None:
             kind = "models built from scratch" if pretrained else "pretrained parts"
             raise RecipeError(f"{where}.{name}: applies to {kind} only")
     if m.location_head is not None:
-        known = {f.name for f in dataclasses.fields(LocationHeadConfig)} - {
-            "trigger_token_id",
-            "slot_token_id",
-        }
+        known = {f.name for f in dataclasses.fields(LocationHeadConfig)} - {"trigger_token_id", "slot_token_id"}
         if not make_codec(m).has_heads or set(m.location_head) - known:
             raise RecipeError(
                 f"{where}.location_head: needs a location_codec with heads (embedding) and fields among "
@@ -314,9 +309,7 @@ def from_dict(data: Any, source: str = "recipe", *, world_size: int = 1) -> Reci
     if isinstance(preset, str):
         # The preset's overrides first, the recipe's own model fields over them.
         if preset not in PRESETS:
-            raise RecipeError(
-                f"{source}: model.preset: unknown preset {preset!r}; choose one of {sorted(PRESETS)}"
-            )
+            raise RecipeError(f"{source}: model.preset: unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
         data["model"] = {**PRESETS[preset], **model}
     try:
         recipe = build(Recipe, data, "")

@@ -30,12 +30,7 @@ class ShapesSource:
     """
 
     def __init__(
-        self,
-        spec: ShapesSpec,
-        processor: GroundLMProcessor,
-        name: str = "shapes",
-        *,
-        images_only: bool = False,
+        self, spec: ShapesSpec, processor: GroundLMProcessor, name: str = "shapes", *, images_only: bool = False
     ):
         self.spec = spec
         self.name = name
