@@ -133,7 +133,6 @@ class DeepSpeedStrategy:
         import deepspeed  # optional dependency (pip install groundlm[deepspeed])
 
         ensure_process_group()
-        os.environ.setdefault("LOCAL_RANK", "0")  # one process without a launcher: DeepSpeed asks for it
         if self.device.type == "cpu":
             # DeepSpeed's CPU backend would first compile a shared-memory all-reduce kernel with the system's
             # C++ compiler (minutes, at every fresh start, and racing between processes); gloo, already up,
@@ -144,6 +143,10 @@ class DeepSpeedStrategy:
         if not config["bf16"]["enabled"]:
             module.float()  # fp32 training: parts loaded in bf16 are upcast (no master copy without bf16)
         self.optimizer = adamw(groups, betas=(0.9, 0.999))
+        # DeepSpeed reads LOCAL_RANK while it runs; one process without a launcher has none. Set until
+        # `release`, so it does not stay in the environment of processes started later.
+        self.set_local_rank = "LOCAL_RANK" not in os.environ
+        os.environ.setdefault("LOCAL_RANK", "0")
         self.engine, _, _, _ = deepspeed.initialize(
             model=module, optimizer=self.optimizer, config=config, dist_init_required=False
         )
@@ -193,4 +196,6 @@ class DeepSpeedStrategy:
         fresh = copy_into(rebuild(), self.full_tensors(model, names))
         self.engine.destroy()
         self.engine = None
+        if self.set_local_rank:
+            os.environ.pop("LOCAL_RANK", None)
         return fresh
