@@ -198,3 +198,41 @@ def test_gradient_checkpointing_gives_the_same_losses_and_gradients(tmp_path):
     assert grads[False].keys() == grads[True].keys() and len(grads[False]) == 10
     for name, g in grads[False].items():
         torch.testing.assert_close(grads[True][name], g, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_deepspeed_auto_fields_are_filled_from_the_stage():
+    from groundlm.train.strategies import StageSetup
+    from groundlm.train.strategies.deepspeed import filled_config, load_config
+
+    setup = StageSetup("bf16", 16, 2, 8, 1.0, "zero3", "r.yaml: stages[1] (finetune)")
+    c = filled_config(load_config("zero3", setup.where), setup, hidden=4096)
+    assert (c["train_micro_batch_size_per_gpu"], c["gradient_accumulation_steps"]) == (16, 2)
+    assert c["train_batch_size"] == 16 * 2 * 8 and c["gradient_clipping"] == 1.0
+    assert c["bf16"]["enabled"] is True and c["fp16"]["enabled"] is False
+    zero = c["zero_optimization"]
+    assert zero["stage"] == 3 and zero["reduce_bucket_size"] == 4096 * 4096
+    assert zero["stage3_param_persistence_threshold"] == 10 * 4096
+    assert "auto" not in json.dumps(c)
+    fp32 = filled_config(load_config("zero2", ""), StageSetup("fp32", 4, 1, 2, None, "zero2", ""), hidden=64)
+    assert fp32["bf16"]["enabled"] is False and fp32["gradient_clipping"] == 0.0
+
+
+def test_strategy_errors_name_the_field(tmp_path):
+    from groundlm.train.recipe import RecipeError
+
+    def error(**stage) -> str:
+        with pytest.raises(RecipeError) as err:
+            from_dict(tiny_recipe(1, **stage), "r.yaml")
+        return str(err.value)
+
+    assert "r.yaml" in error(strategy="zero") and ".strategy: 'zero' is not one of" in error(strategy="zero")
+    assert "deepspeed_config: applies to strategy: deepspeed only" in error(deepspeed_config="zero3")
+    assert "neither zero2 nor zero3 nor a file" in error(strategy="deepspeed", deepspeed_config="zero9")
+    own = tmp_path / "ds.json"
+    own.write_text(json.dumps({"zero_optimization": {"stage": 2}, "optimizer": {"type": "AdamW"}}))
+    message = error(strategy="deepspeed", deepspeed_config=str(own))
+    assert str(own) in message and "'optimizer'" in message
+    own.write_text("{not json")
+    assert "not valid JSON" in error(strategy="deepspeed", deepspeed_config=str(own))
+    dense = {"objective": "dense_patches", "train": {"vision_tower": 1e-3}, "strategy": "fsdp"}
+    assert "dense_patches stage runs with strategy: ddp" in error(**dense)
