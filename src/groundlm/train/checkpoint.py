@@ -15,8 +15,8 @@ Layout under OUT/checkpoints/:
 A checkpoint is written into `.tmp-step-…` and renamed into place once complete; `latest` is then replaced
 with `os.replace`. A crash at any moment leaves either the old or the new checkpoint, never half of one.
 Nothing groundlm writes is pickled: tensors go to safetensors, everything else to JSON. The sharded engines'
-own files are theirs (DCP's metadata and DeepSpeed's partitions are pickles): resume those only from your own
-run directory.
+own files are theirs (DCP's metadata and DeepSpeed's partitions are pickles; DeepSpeed's are read with
+`weights_only=True`, strategies/deepspeed.py): resume those only from your own run directory.
 
 Several processes write into one directory that the main process creates: the run directory must be on a
 filesystem every node sees (docs/scaling.md); a process that cannot see it stops with an error naming it.

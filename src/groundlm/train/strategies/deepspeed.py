@@ -16,8 +16,10 @@ non-finite rule holds through the engine: a step whose gradient norm is not fini
 DeepSpeed found its gradients non-finite too (a NaN loss gives NaN gradients).
 
 Checkpoints: DeepSpeed's own `save_checkpoint` / `load_checkpoint` under `<checkpoint>/deepspeed/`, each process
-writing and reading its own ZeRO partition (`zero_pp_rank_<r>_*optim_states.pt`). Those files are DeepSpeed's
-pickles (its loader unpickles them): resume only from your own run directory. Full weights come from
+writing and reading its own ZeRO partition (`zero_pp_rank_<r>_*optim_states.pt`). Those files are torch pickles;
+DeepSpeed's loader would unpickle them with `weights_only=False`, so the engine's checkpoint loader is replaced
+by `torch.load(weights_only=True)` admitting only the three DeepSpeed types the files hold (`_safe_types`).
+Full weights come from
 `deepspeed.utils.safe_get_full_fp32_param` (trained, the fp32 master) and, under ZeRO-3, `GatheredParameters`.
 """
 
@@ -40,6 +42,21 @@ from .base import StageSetup, StepResult, copy_into, device, ensure_process_grou
 DIRECTORY = "deepspeed"
 TAG = "state"
 SHIPPED = ("zero2", "zero3")
+
+
+def _safe_types() -> list:
+    """The DeepSpeed classes its ZeRO checkpoints pickle (found with torch's get_unsafe_globals_in_checkpoint)."""
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, ZeroStageEnum, fragment_address]
+
+
+def safe_load(path: str, map_location=None):
+    """A DeepSpeed checkpoint file read without running code: tensors, containers and `_safe_types()` only."""
+    with torch.serialization.safe_globals(_safe_types()):
+        return torch.load(path, map_location=map_location, weights_only=True)
 
 
 def config_path(name: str) -> Path:
@@ -186,6 +203,7 @@ class DeepSpeedStrategy:
         )
 
     def load(self, directory: Path) -> None:
+        self.engine.checkpoint_engine.load = safe_load  # no unpickling of arbitrary objects
         path, _ = self.engine.load_checkpoint(
             str(directory / DIRECTORY), tag=TAG, load_lr_scheduler_states=False, load_module_strict=False
         )
