@@ -422,10 +422,10 @@ def _save(ctx: _StageContext, with_optimizer: bool = True) -> Path:
     # The trained weights, consolidated (a collective under sharding: every process gathers, the main one
     # writes). From the model's own object (strategies wrap it, they do not copy it), so an objective's module
     # (the dense stage's tower + head) does not hide the language model's weights trained in earlier stages.
-    names = _module_names(run.model, state.trained)
-    weights = {
-        canonical_name(n): t.contiguous().clone() for n, t in ctx.strategy.full_tensors(run.model, names)
-    }
+    weights = {}
+    for name, tensor in ctx.strategy.full_tensors(run.model, _module_names(run.model, state.trained)):
+        if run.main:  # the others only take part in the gathers
+            weights[canonical_name(name)] = tensor.contiguous().clone()
 
     def contents() -> dict:
         state.mixture = ctx.mixture.state_dict() if with_optimizer else None
