@@ -236,3 +236,18 @@ def test_strategy_errors_name_the_field(tmp_path):
     assert "not valid JSON" in error(strategy="deepspeed", deepspeed_config=str(own))
     dense = {"objective": "dense_patches", "train": {"vision_tower": 1e-3}, "strategy": "fsdp"}
     assert "dense_patches stage runs with strategy: ddp" in error(**dense)
+
+
+def test_zero3_accumulates_several_backwards_into_one_step(reference, tmp_path):
+    """grad_accum 2: two backward calls before the engine's one step (the loop owns the boundary). 2 processes
+    x batch 1 x 2 micro-steps give the reference's batch-4 losses. Four
+    steps: the losses of steps 1-4 depend on the learning rates of steps 1-3 (warmup, then the cosine's start),
+    the same for 4 or 10 steps."""
+    recipe = _recipe(1, grad_accum=2, save_every=0, **STRATEGIES["zero3"])
+    recipe["stages"][0]["steps"] = 4
+    proc = _launch(recipe, tmp_path / "run")
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    losses = _losses(tmp_path / "run")
+    assert sorted(losses) == [1, 2, 3, 4]
+    for step, loss in losses.items():
+        assert loss == pytest.approx(reference[step], abs=1e-4), step
