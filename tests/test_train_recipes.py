@@ -50,6 +50,9 @@ def test_published_hyper_parameters_are_in_the_recipes():
     assert llava.stages[0].train == {"connector": 1e-3}
     assert llava.stages[1].train == {"connector": 2e-5, "language_model": 2e-5}
     assert llava.stages[0].grad_accum * llava.stages[0].batch_size == 256
+    # LLaVA's scripts/v1_5: ZeRO-2 for the projector alignment, ZeRO-3 for the full fine-tune, bf16 on 8 x A100
+    assert [(s.strategy, s.deepspeed_config) for s in llava.stages] == [("deepspeed", "zero2"), ("deepspeed", "zero3")]
+    assert llava.model.dtype == "bfloat16" and {s.precision for s in llava.stages} == {"bf16"}
     m4 = load_recipe("minigpt4")
     assert [list(s.train) for s in m4.stages] == [["connector"], ["connector"]] and len(m4.stages) == 2
 

@@ -4,8 +4,9 @@ Layout under OUT/checkpoints/:
 
     step-00000120/          one directory per checkpoint (global optimizer step)
       weights.safetensors   the parameters trained so far (canonical names, see params.py)
-      optimizer.safetensors the optimizer's tensors (Adam moments, step counts)
-      optimizer.json        the rest of the optimizer state, tensors replaced by references
+      optimizer.safetensors the optimizer's tensors (Adam moments, step counts)    } strategy: ddp
+      optimizer.json        the rest of the optimizer state, tensors replaced by references }
+      fsdp/, deepspeed/     the sharded model and optimizer state, one file per process (train/strategies/)
       state.json            stage, step, scheduler, mixture position, counters, LoRA spec, trained names
       rng-<rank>.json       python, numpy and torch RNG states of each process
       recipe.yaml           the resolved recipe
@@ -13,8 +14,12 @@ Layout under OUT/checkpoints/:
 
 A checkpoint is written into `.tmp-step-…` and renamed into place once complete; `latest` is then replaced
 with `os.replace`. A crash at any moment leaves either the old or the new checkpoint, never half of one.
-Nothing is pickled: tensors go to safetensors, everything else to JSON, so loading a checkpoint from
-someone else cannot run code.
+Nothing groundlm writes is pickled: tensors go to safetensors, everything else to JSON. The sharded engines'
+own files are theirs (DCP's metadata and DeepSpeed's partitions are pickles; DeepSpeed's are read with
+`weights_only=True`, strategies/deepspeed.py): resume those only from your own run directory.
+
+Several processes write into one directory that the main process creates: the run directory must be on a
+filesystem every node sees (docs/scaling.md); a process that cannot see it stops with an error naming it.
 """
 
 from __future__ import annotations
@@ -162,20 +167,31 @@ def write_rank(tmp: Path, rank: int) -> None:
     _write(tmp / f"rng-{rank}.json", json.dumps(rng_state()).encode())
 
 
+def write_state(tmp: Path, skeleton_name: str, tensors_name: str, state: dict) -> None:
+    """Nested state (an optimizer's) as a JSON skeleton and a safetensors file of its tensors."""
+    skeleton, tensors = flatten_state(state)
+    _write(tmp / tensors_name, save_safetensors(tensors))
+    _write(tmp / skeleton_name, json.dumps(skeleton).encode())
+
+
+def read_state(path: Path, skeleton_name: str, tensors_name: str) -> dict:
+    """What `write_state` wrote."""
+    tensors = load_safetensors((path / tensors_name).read_bytes())
+    return unflatten_state(json.loads((path / skeleton_name).read_text()), tensors)
+
+
 def write_main(
     tmp: Path,
     *,
     weights: dict[str, torch.Tensor],
-    optimizer: dict | None,
+    optimizer: dict | None = None,
     state: dict,
     recipe_yaml: str,
 ) -> None:
-    """(Main process.) Weights, optimizer, loop state and recipe."""
+    """(Main process.) Weights, (a whole-model) optimizer, loop state and recipe."""
     _write(tmp / "weights.safetensors", save_safetensors(weights))
     if optimizer is not None:
-        skeleton, tensors = flatten_state(optimizer)
-        _write(tmp / "optimizer.safetensors", save_safetensors(tensors))
-        _write(tmp / "optimizer.json", json.dumps(skeleton).encode())
+        write_state(tmp, "optimizer.json", "optimizer.safetensors", optimizer)
     _write(tmp / "state.json", json.dumps(flatten_state(state)[0], indent=1).encode())
     _write(tmp / "recipe.yaml", recipe_yaml.encode())
 
@@ -215,17 +231,25 @@ def save(
     main: bool,
     barrier: Callable[[], None],
     contents: Callable[[], dict],
+    shards: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write the checkpoint of `global_step`; every process calls it. Returns the checkpoint's directory.
 
-    `contents()` is asked on the main process only, for `write_main`'s keyword arguments; `barrier()` waits for
-    every process (the others must not write their RNG state before the directory exists, nor go on before
-    it is committed)."""
+    `contents()` is asked on the main process only, for `write_main`'s keyword arguments; `shards(tmp)` on
+    every process, to write its share of a sharded state; `barrier()` waits for every process (the others must
+    not write before the directory exists, nor go on before it is committed)."""
     if main:
         begin(out, global_step)
     barrier()
     tmp = temp_dir(out, global_step)
+    if not tmp.is_dir():
+        raise FileNotFoundError(
+            f"process {rank} cannot see the checkpoint directory {tmp} that the main process created: "
+            "several nodes need the run directory (--out) on a filesystem they all share (docs/scaling.md)"
+        )
     write_rank(tmp, rank)
+    if shards is not None:
+        shards(tmp)
     if main:
         write_main(tmp, **contents())
     barrier()
@@ -255,11 +279,11 @@ def latest(out: str | Path) -> Path | None:
 
 @dataclass
 class Checkpoint:
-    """A checkpoint read back: where it is, the trained weights, optimizer state, loop state, this rank's RNG."""
+    """A checkpoint read back: where it is, the trained weights, loop state, this rank's RNG (the optimizer's
+    state is read by the stage's strategy, each process its own share)."""
 
     path: Path
     weights: dict[str, torch.Tensor]
-    optimizer: dict | None
     state: dict
     rng: dict | None
     recipe_yaml: str
@@ -269,14 +293,10 @@ def read(path: str | Path, rank: int = 0) -> Checkpoint:
     """Read a checkpoint directory (no pickle anywhere)."""
     path = Path(path)
     weights = load_safetensors((path / "weights.safetensors").read_bytes())
-    optimizer = None
-    if (path / "optimizer.json").is_file():
-        tensors = load_safetensors((path / "optimizer.safetensors").read_bytes())
-        optimizer = unflatten_state(json.loads((path / "optimizer.json").read_text()), tensors)
     state = unflatten_state(json.loads((path / "state.json").read_text()), {})
     rng_file = path / f"rng-{rank}.json"
     rng = json.loads(rng_file.read_text()) if rng_file.is_file() else None
-    return Checkpoint(path, weights, optimizer, state, rng, (path / "recipe.yaml").read_text())
+    return Checkpoint(path, weights, state, rng, (path / "recipe.yaml").read_text())
 
 
 def to_resume(out: str | Path, resume: bool, recipe_yaml: str, rank: int = 0) -> Checkpoint | None:

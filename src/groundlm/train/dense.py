@@ -72,7 +72,7 @@ class DensePatchHead(nn.Module):
 
 
 class DensePatchModel(nn.Module):
-    """The tower and the head as one module, so accelerate (autocast, DDP) wraps exactly what trains.
+    """The tower and the head as one module, so the stage's strategy (autocast, DDP) wraps exactly what trains.
 
     Attribute names match the full model's (`vision_tower`), so parameter names in checkpoints are the same.
     """

@@ -1,12 +1,13 @@
-"""The training loop: one explicit loop on accelerate, stage after stage, resumable at any checkpoint.
+"""The training loop: one explicit loop, stage after stage, resumable at any checkpoint.
 
-Per stage: set up what trains (modules, LoRA), build the data mixture, AdamW with one parameter group per
-module (and decay / no decay), a warmup + cosine schedule, and a fresh `Accelerator` with the stage's
-precision and gradient accumulation. Distribution (DDP; FSDP or DeepSpeed through accelerate's config) is
-accelerate's; launch with `torchrun --nproc_per_node N -m groundlm train ...` or `accelerate launch
---multi_gpu --num_processes N -m groundlm train ...` (on a CPU-only machine both give N gloo processes).
+Per stage: set up what trains (modules, LoRA), build the data mixture, the stage's strategy (`strategy: ddp |
+fsdp | deepspeed`, train/strategies/), which wraps the model and builds AdamW after wrapping with one parameter
+group per module (and decay / no decay), and a warmup + cosine schedule. The strategy does backward, clipping,
+the non-finite check and the update, and saves its (sharded) share of each checkpoint; the loop never asks
+which one it has. Launch with `torchrun --nproc_per_node N -m groundlm train ...` (on a CPU-only machine: N
+gloo processes); docs/scaling.md covers GPUs and several nodes.
 
-What a stage optimises is its objective (train/objectives.py): the module accelerate prepares, the loss units
+What a stage optimises is its objective (train/objectives.py): the module the strategy prepares, the loss units
 of each sample (supervised tokens, image patches) and its summed loss. The step's loss is the mean over every
 loss unit of the optimizer step: all micro-batches of all processes. Each process divides its loss sum by the
 global unit count (one all-reduce before the forward), so N processes x batch B give the same loss and
@@ -17,7 +18,6 @@ Ctrl-C (or SIGTERM).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import os
@@ -30,8 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from accelerate import Accelerator, PartialState
-from accelerate.utils import gather_object
+from accelerate import PartialState
 from torch import nn
 
 from ..data.mixture import Mixture
@@ -40,9 +39,10 @@ from .build import build_for_recipe, stage_processor
 from .control import RunState, StopSignal, TrainHooks, TrainingStopped, shortened
 from .monitor import MetricsLog, Progress, task_means
 from .objectives import OBJECTIVES, Objective
-from .optim import WarmupCosine, adamw, warmup_cosine
+from .optim import WarmupCosine, warmup_cosine
 from .packing import SubBatch, split_by_length
 from .params import (
+    canonical_name,
     configure_trainable,
     load_trained_state,
     merge_lora,
@@ -50,12 +50,12 @@ from .params import (
     set_activation_checkpointing,
     set_lora,
     set_train_modes,
-    trained_state,
 )
 from .plots import draw_run
-from .precision import stage_accelerator
+from .precision import resolve_precision
 from .recipe import LoraSpec, Recipe, StageSpec, to_yaml
 from .sources import StageData, build_sources
+from .strategies import STRATEGIES, StageSetup, Strategy, barrier, gather_objects, reduce_sum
 
 # ------------------------------------------------------------------------------------------------------------
 # The run
@@ -206,7 +206,7 @@ def _run_stage(run: _Run, index: int) -> None:
     set_train_modes(model)
     set_activation_checkpointing(model, stage.gradient_checkpointing)
 
-    # The objective may train through a module of its own (objectives.py): accelerate prepares that one.
+    # The objective may train through a module of its own (objectives.py): the strategy prepares that one.
     objective = OBJECTIVES[stage.objective](stage, model, run.processor, seed=seed)
     groups += objective.param_groups
     if run.objective_state is not None:  # the first stage after a resume
@@ -217,18 +217,27 @@ def _run_stage(run: _Run, index: int) -> None:
     data = build_sources(stage.data, processor, at, images_only=objective.images_only)
     # One global batch of batch_size x processes per micro-step; each process takes its slice.
     mixture = Mixture(data.sources, seed=seed, batch_size=stage.batch_size * run.world)
-    optimizer = adamw([{k: v for k, v in g.items() if k != "names"} for g in groups], betas=(0.9, 0.999))
+    strategy = STRATEGIES[stage.strategy](run.cpu)
+    setup = StageSetup(
+        precision=resolve_precision(stage.precision),
+        batch_size=stage.batch_size,
+        grad_accum=stage.grad_accum,
+        world=run.world,
+        max_grad_norm=stage.max_grad_norm,
+        deepspeed_config=stage.deepspeed_config,
+        where=at,
+    )
+    # The optimizer is built by the strategy after wrapping, so it holds the tensors that train.
+    module = strategy.prepare(
+        objective.module, [{k: v for k, v in g.items() if k != "names"} for g in groups], setup
+    )
     schedule = WarmupCosine(stage.warmup_steps or 0, stage.steps, stage.min_lr_ratio)
-    scheduler = warmup_cosine(optimizer, schedule)
+    # Stepped by hand once per applied update: a skipped (non-finite) step must not advance it.
+    scheduler = warmup_cosine(strategy.optimizer, schedule)
     if resuming:
-        optimizer.load_state_dict(run.resume_from.optimizer)
+        strategy.load(run.resume_from.path)
         scheduler.load_state_dict(state.scheduler)
         mixture.load_state_dict(state.mixture)
-    trainable = [p for g in groups for p in g["params"]]
-    accelerator = stage_accelerator(stage.precision, stage.grad_accum, run.cpu)
-    # The scheduler is stepped by hand once per optimizer update: accelerate's wrapper would step it once per
-    # process, and a skipped (non-finite) step must not advance it.
-    module, optimizer = accelerator.prepare(objective.module, optimizer)
     if resuming and run.resume_from.rng is not None:
         checkpoint.set_rng_state(run.resume_from.rng)
     else:
@@ -237,9 +246,7 @@ def _run_stage(run: _Run, index: int) -> None:
 
     title = f"[{index + 1}/{len(recipe.stages)}] {stage.name}"
     bar = Progress(stage.steps, state.stage_step, title, run.main and run.progress)
-    ctx = _StageContext(
-        run, stage, accelerator, objective, module, optimizer, scheduler, trainable, mixture, data, processor
-    )
+    ctx = _StageContext(run, stage, strategy, objective, module, scheduler, mixture, data, processor)
     try:
         while True:
             if run.hooks.stage_steps is not None and state.stage_step > 0:
@@ -256,8 +263,7 @@ def _run_stage(run: _Run, index: int) -> None:
     # Stage done: the checkpoint marks the next stage's start (its optimizer starts fresh).
     state.stage, state.stage_step = index + 1, 0
     _save(ctx, with_optimizer=False)
-    accelerator.unwrap_model(module, keep_fp32_wrapper=False)  # drop the autocast wrapper of this stage
-    accelerator.free_memory()
+    run.model = strategy.release(run.model, lambda: _rebuild(run), _module_names(run.model, state.trained))
     if run.main:
         for name, dataset in data.datasets.items():
             if dataset.report.skipped:
@@ -270,12 +276,10 @@ class _StageContext:
 
     run: _Run
     stage: StageSpec
-    accelerator: Accelerator
+    strategy: Strategy  # owns the optimizer
     objective: Objective
-    model: nn.Module  # prepared (possibly DDP-wrapped): the objective's module
-    optimizer: torch.optim.Optimizer  # prepared
+    model: nn.Module  # prepared by the strategy (DDP-wrapped, sharded, an engine): the objective's module
     scheduler: torch.optim.lr_scheduler.LRScheduler
-    trainable: list[nn.Parameter]
     mixture: Mixture
     data: StageData
     processor: object  # the stage's (its template)
@@ -283,15 +287,26 @@ class _StageContext:
 
 def _reduce(ctx: _StageContext, values: list[float]) -> list[float]:
     """Sum `values` over the processes (one collective; a no-op for one process)."""
-    if ctx.run.world == 1:
-        return values
-    tensor = torch.tensor(values, dtype=torch.float64, device=ctx.accelerator.device)
-    return ctx.accelerator.reduce(tensor, reduction="sum").tolist()
+    return reduce_sum(values, ctx.strategy.device)
+
+
+def _module_names(model: nn.Module, canonical: list[str]) -> set[str]:
+    """The module's own parameter names (peft wrappers included) of the canonical `names`."""
+    wanted = set(canonical)
+    return {n for n, _ in model.named_parameters() if canonical_name(n) in wanted}
+
+
+def _rebuild(run: _Run) -> nn.Module:
+    """A fresh model of the run's current structure (its adapters attached), for a strategy's `release`."""
+    templates = [s.template for s in run.recipe.stages if s.template]
+    model, _ = build_for_recipe(run.recipe.model, seed=run.recipe.seed, templates=templates)
+    set_lora(model, None, LoraSpec(**run.state.lora) if run.state.lora else None)
+    return model
 
 
 def _step(ctx: _StageContext, bar: Progress) -> None:
     """One optimizer step: draw, forward/backward every micro-batch, update (or skip), log, maybe save."""
-    run, stage, state, acc, objective = ctx.run, ctx.stage, ctx.run.state, ctx.accelerator, ctx.objective
+    run, stage, state, strategy, objective = ctx.run, ctx.stage, ctx.run.state, ctx.strategy, ctx.objective
     start = time.perf_counter()
     step = state.global_step + 1
     b, rank = stage.batch_size, run.rank
@@ -301,7 +316,7 @@ def _step(ctx: _StageContext, bar: Progress) -> None:
         name, indices = ctx.mixture.next_batch()
         samples = ctx.data.samples(name, indices[rank * b : (rank + 1) * b])
         batch = {**ctx.processor.pad(samples, side="right"), **objective.targets(samples)}
-        batch = {k: v.to(acc.device) for k, v in batch.items()}
+        batch = {k: v.to(strategy.device) for k, v in batch.items()}
         micro.append((name, batch, objective.tasks(samples, name)))
     units = [objective.units(m[1]) for m in micro]
     # Every process must agree to stop at the same step, so the stop request travels with the unit count.
@@ -316,54 +331,47 @@ def _step(ctx: _StageContext, bar: Progress) -> None:
         )
     total_units = max(total_units, 1.0)
 
-    # Each process divides by the step's global unit count; accelerate divides by grad_accum and DDP averages
-    # over processes, so both are multiplied back: the gradient is that of the mean over all units.
-    scale = run.world * stage.grad_accum / total_units
+    # Each process divides by the step's global unit count; every strategy averages gradients over the
+    # processes, so that is multiplied back: the gradient is that of the mean over all units.
+    scale = run.world / total_units
     loss_sum = 0.0
     logged: dict = {}  # the fields the objective adds to the metrics row: its last forward's
     task_sums: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
-    for (_source, batch, tasks), counts in zip(micro, units, strict=True):
+    for i, ((_source, batch, tasks), counts) in enumerate(zip(micro, units, strict=True)):
         # group_by_length: one forward/backward per length-grouped sub-batch (train/packing.py)
         parts = [SubBatch(list(range(len(tasks))), batch)]
         if stage.group_by_length:
             parts = split_by_length(batch, ctx.processor.image_token_id)
         per_sample = torch.zeros(len(tasks))  # [B]
-        with acc.accumulate(ctx.model):
-            for j, part in enumerate(parts):
-                # DDP all-reduces on the micro-step's last backward only (no_sync is a no-op on one process)
-                last = j == len(parts) - 1
-                with contextlib.nullcontext() if last else acc.no_sync(ctx.model):
-                    part_losses, terms = objective.losses(ctx.model, part.batch)  # [B_part]
-                    logged.update(terms)
-                    loss = part_losses.sum() * scale
-                    if run.hooks.loss is not None:
-                        loss = run.hooks.loss(step, loss)
-                    acc.backward(loss)
-                per_sample[part.rows] = part_losses.detach().float().cpu()
-                loss_sum += float(loss.detach()) / scale
+        for j, part in enumerate(parts):
+            last = i == len(micro) - 1 and j == len(parts) - 1  # the step's last backward
+            with strategy.sync(last):
+                part_losses, terms = objective.losses(ctx.model, part.batch)  # [B_part]
+                logged.update(terms)
+                loss = part_losses.sum() * scale
+                if run.hooks.loss is not None:
+                    loss = run.hooks.loss(step, loss)
+                strategy.backward(loss)
+            per_sample[part.rows] = part_losses.detach().float().cpu()
+            loss_sum += float(loss.detach()) / scale
         for task, total, count in zip(tasks, per_sample.detach().tolist(), counts.tolist(), strict=True):
             task_sums[task][0] += total
             task_sums[task][1] += count
     if run.hooks.after_backward is not None:
-        run.hooks.after_backward(step, acc.unwrap_model(ctx.model))
+        run.hooks.after_backward(step, objective.module)
 
     (total_loss,) = _reduce(ctx, [loss_sum])
     step_loss = total_loss / total_units
-    lrs = {g["module"]: g["lr"] for g in ctx.optimizer.param_groups}  # the rates this step uses
-    grad_norm = None
-    finite = math.isfinite(step_loss)
+    lrs = {g["module"]: g["lr"] for g in strategy.optimizer.param_groups}  # the rates this step uses
+    # Clip, then update unless the loss or the gradient norm is not finite (the strategy's; train/strategies/)
+    result = strategy.step(stage.max_grad_norm, math.isfinite(step_loss))
+    grad_norm, finite = result.grad_norm, result.applied
     if finite:
-        max_norm = stage.max_grad_norm if stage.max_grad_norm else float("inf")
-        grad_norm = float(acc.clip_grad_norm_(ctx.trainable, max_norm))
-        finite = math.isfinite(grad_norm)
-    if finite:
-        ctx.optimizer.step()
         ctx.scheduler.step()
         state.nonfinite_run = 0
     else:
         state.nonfinite_total += 1
         state.nonfinite_run += 1
-    ctx.optimizer.zero_grad(set_to_none=True)
 
     state.stage_step += 1
     state.global_step += 1
@@ -372,7 +380,7 @@ def _step(ctx: _StageContext, bar: Progress) -> None:
     speed = samples / max(time.perf_counter() - start, 1e-9)
     task_loss = {}
     if finite:  # every process agrees: the loss and gradient norm are reduced over all of them
-        task_loss = task_means(gather_object([dict(task_sums)]) if run.world > 1 else [task_sums])
+        task_loss = task_means(gather_objects(dict(task_sums)))
     if run.main:
         run.metrics.write(
             {
@@ -411,24 +419,29 @@ def _save(ctx: _StageContext, with_optimizer: bool = True) -> Path:
     """Write a checkpoint of the current step from all processes; returns its directory."""
     run, state = ctx.run, ctx.run.state
 
+    # The trained weights, consolidated (a collective under sharding: every process gathers, the main one
+    # writes). From the model's own object (strategies wrap it, they do not copy it), so an objective's module
+    # (the dense stage's tower + head) does not hide the language model's weights trained in earlier stages.
+    weights = {}
+    for name, tensor in ctx.strategy.full_tensors(run.model, _module_names(run.model, state.trained)):
+        if run.main:  # the others only take part in the gathers
+            weights[canonical_name(name)] = tensor.contiguous().clone()
+
     def contents() -> dict:
         state.mixture = ctx.mixture.state_dict() if with_optimizer else None
         state.scheduler = ctx.scheduler.state_dict() if with_optimizer else None
-        # The model's own object (prepare wraps it, it does not copy it), so an objective's module (the dense
-        # stage's tower + head) does not hide the language model's weights trained in earlier stages.
-        weights = trained_state(run.model, state.trained)
         if with_optimizer:  # mid-stage: the objective's own tensors too
             weights.update(ctx.objective.state_dict())
-        return {
-            "weights": weights,
-            "optimizer": ctx.optimizer.state_dict() if with_optimizer else None,
-            "state": dataclasses.asdict(state),
-            "recipe_yaml": run.recipe_yaml,
-        }
+        return {"weights": weights, "state": dataclasses.asdict(state), "recipe_yaml": run.recipe_yaml}
 
-    barrier = ctx.accelerator.wait_for_everyone
     return checkpoint.save(
-        run.out, state.global_step, rank=run.rank, main=run.main, barrier=barrier, contents=contents
+        run.out,
+        state.global_step,
+        rank=run.rank,
+        main=run.main,
+        barrier=barrier,
+        contents=contents,
+        shards=ctx.strategy.save if with_optimizer else None,
     )
 
 

@@ -18,13 +18,14 @@ from ..processor import IGNORE_INDEX
 from .dense import HEAD, DenseTargets, build_dense_model, dense_losses
 from .recipe import DenseSpec, RecipeError, StageSpec
 from .soft_targets import coordinate_token_ids, soft_coordinate_losses
+from .strategies import WHOLE_MODEL
 
 
 class Objective(Protocol):
     """The loss of a stage, and what it needs besides the model's trained modules."""
 
     images_only: bool  # a sample needs only its image and objects, no conversation (train/sources.py)
-    module: nn.Module  # what accelerate prepares and `losses` runs: the model, or a module of the objective's
+    module: nn.Module  # what the strategy prepares and `losses` runs: the model, or a module of its own
     param_groups: list[dict]  # AdamW groups of its own, beyond the model's (params.configure_trainable)
 
     @staticmethod
@@ -157,6 +158,10 @@ class DenseObjective:
 
     @staticmethod
     def check(stage: StageSpec, where: str) -> None:
+        if stage.strategy not in WHOLE_MODEL:  # the head is a module of its own, beside the model
+            raise RecipeError(
+                f"{where}.strategy: a dense_patches stage runs with strategy: {' or '.join(WHOLE_MODEL)}"
+            )
         if stage.dense is None:
             stage.dense = DenseSpec()
         if not 0.0 < stage.dense.min_cover <= 1.0:

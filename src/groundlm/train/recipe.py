@@ -44,6 +44,7 @@ from ..templates import TEMPLATES
 from .build import DTYPES, WORD_LISTS
 from .precision import PRECISIONS
 from .schema import RecipeError, build, expand
+from .strategies import check_strategy
 
 
 @dataclass
@@ -112,6 +113,9 @@ class StageSpec:
     weight_decay: float = 0.0  # on weights with >= 2 dims only (biases and norms never decay)
     max_grad_norm: float | None = 1.0
     precision: str = "fp32"  # fp32 | bf16 (autocast) | auto (bf16 where the hardware has it natively)
+    # How the stage is spread over processes (train/strategies/, docs/scaling.md): ddp | fsdp | deepspeed
+    strategy: str = "ddp"
+    deepspeed_config: str = "zero2"  # deepspeed: zero2 | zero3 (shipped) or a JSON file ("auto"s filled)
     gradient_checkpointing: bool = False
     # Cut each micro-batch into length-grouped sub-batches (train/packing.py): less padding, same loss.
     group_by_length: bool = False
@@ -237,6 +241,10 @@ def _check_stage(s: StageSpec, where: str) -> None:
         raise RecipeError(
             f"{where}.coordinate_sigma: must be a positive number of bins, got {s.coordinate_sigma!r}"
         )
+    try:
+        s.deepspeed_config = check_strategy(s.strategy, s.deepspeed_config, where)
+    except ValueError as err:
+        raise RecipeError(str(err)) from None
     if s.precision not in PRECISIONS:
         raise RecipeError(f"{where}.precision: {s.precision!r} is not one of {list(PRECISIONS)}")
     if s.template is not None and s.template not in TEMPLATES:
@@ -360,7 +368,12 @@ def load_recipe(name_or_path: str | Path, *, world_size: int = 1) -> Recipe:
 
 # Stage fields added after runs were checkpointed, left out of the saved recipe at their default, so such a
 # run still resumes (resume compares the saved YAML).
-_LATE_FIELDS = {"group_by_length": False, "coordinate_sigma": None}
+_LATE_FIELDS = {
+    "group_by_length": False,
+    "coordinate_sigma": None,
+    "strategy": "ddp",
+    "deepspeed_config": "zero2",
+}
 
 
 def to_dict(recipe: Recipe) -> dict:
