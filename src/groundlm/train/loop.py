@@ -19,6 +19,7 @@ Ctrl-C (or SIGTERM).
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 import os
 import random
@@ -37,10 +38,11 @@ from ..data.mixture import Mixture
 from . import checkpoint
 from .build import build_for_recipe, stage_processor
 from .control import RunState, StopSignal, TrainHooks, TrainingStopped, shortened
+from .loader import MicroBatch, StageLoader
 from .monitor import MetricsLog, Progress, task_means
 from .objectives import OBJECTIVES, Objective
 from .optim import WarmupCosine, warmup_cosine
-from .packing import SubBatch, split_by_length
+from .packing import OWNER, SubBatch, split_by_length
 from .params import (
     canonical_name,
     configure_trainable,
@@ -53,9 +55,10 @@ from .params import (
 )
 from .plots import draw_run
 from .precision import resolve_precision
-from .recipe import LoraSpec, Recipe, StageSpec, to_yaml
+from .recipe import LoraSpec, Recipe, RecipeError, StageSpec, to_dict, to_yaml
 from .sources import StageData, build_sources
 from .strategies import STRATEGIES, StageSetup, Strategy, barrier, gather_objects, reduce_sum
+from .trackers import TRACKERS
 
 # ------------------------------------------------------------------------------------------------------------
 # The run
@@ -145,9 +148,11 @@ def train(
     if run.main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "recipe.yaml").write_text(recipe_yaml)
-        run.metrics = MetricsLog(
-            out / "metrics.jsonl", state.global_step if resume_from is not None else None
-        )
+        resume_at = state.global_step if resume_from is not None else None
+        tracker = None
+        if recipe.log_with is not None:
+            tracker = TRACKERS[recipe.log_with](out, recipe.name, to_dict(recipe), resume_at)
+        run.metrics = MetricsLog(out / "metrics.jsonl", resume_at, tracker)
         if resume_from is not None:
             print(f"resuming from {found} (stage {state.stage}, step {state.stage_step})", flush=True)
     run.stop.install()
@@ -205,6 +210,7 @@ def _run_stage(run: _Run, index: int) -> None:
     state.trained = sorted(n for n in trained if n in present)  # merged adapters are gone
     set_train_modes(model)
     set_activation_checkpointing(model, stage.gradient_checkpointing)
+    _set_attention(model, stage.attn_implementation, f"{at}.attn_implementation")
 
     # The objective may train through a module of its own (objectives.py): the strategy prepares that one.
     objective = OBJECTIVES[stage.objective](stage, model, run.processor, seed=seed)
@@ -243,10 +249,23 @@ def _run_stage(run: _Run, index: int) -> None:
     else:
         _seed(seed + 7919 * (run.rank + 1))  # e.g. LoRA dropout differs per process
     run.resume_from = None
+    # Batches are built ahead by worker processes (loader.py), in the mixture's order whatever their number.
+    loader = StageLoader(
+        data,
+        processor,
+        objective,
+        mixture,
+        rank=run.rank,
+        batch_size=stage.batch_size,
+        num_workers=stage.num_workers,
+        prefetch=stage.prefetch,
+        packed=stage.packing,
+        seed=seed,
+    )
 
     title = f"[{index + 1}/{len(recipe.stages)}] {stage.name}"
     bar = Progress(stage.steps, state.stage_step, title, run.main and run.progress)
-    ctx = _StageContext(run, stage, strategy, objective, module, scheduler, mixture, data, processor)
+    ctx = _StageContext(run, stage, strategy, objective, module, scheduler, loader, data, processor)
     try:
         while True:
             if run.hooks.stage_steps is not None and state.stage_step > 0:
@@ -260,6 +279,7 @@ def _run_stage(run: _Run, index: int) -> None:
             _step(ctx, bar)
     finally:
         bar.close()
+        loader.close()
     # Stage done: the checkpoint marks the next stage's start (its optimizer starts fresh).
     state.stage, state.stage_step = index + 1, 0
     _save(ctx, with_optimizer=False)
@@ -280,7 +300,7 @@ class _StageContext:
     objective: Objective
     model: nn.Module  # prepared by the strategy (DDP-wrapped, sharded, an engine): the objective's module
     scheduler: torch.optim.lr_scheduler.LRScheduler
-    mixture: Mixture
+    loader: StageLoader  # the micro-batches, and the mixture position of the last one taken
     data: StageData
     processor: object  # the stage's (its template)
 
@@ -304,27 +324,40 @@ def _rebuild(run: _Run) -> nn.Module:
     return model
 
 
+def _set_attention(model: nn.Module, name: str, where: str) -> None:
+    """Switch the model (tower and language model) to transformers' attention kernel `name`; `auto` takes
+    flash_attention_2 where the flash_attn package and a GPU are, else sdpa."""
+    if name == "auto":
+        flash = importlib.util.find_spec("flash_attn") is not None and torch.cuda.is_available()
+        name = "flash_attention_2" if flash else "sdpa"
+    try:
+        model.set_attn_implementation(name)
+    except (ImportError, ValueError) as err:
+        raise RecipeError(f"{where}: {name} is not available here: {err}") from None
+
+
 def _step(ctx: _StageContext, bar: Progress) -> None:
     """One optimizer step: draw, forward/backward every micro-batch, update (or skip), log, maybe save."""
     run, stage, state, strategy, objective = ctx.run, ctx.stage, ctx.run.state, ctx.strategy, ctx.objective
     start = time.perf_counter()
     step = state.global_step + 1
-    b, rank = stage.batch_size, run.rank
-    position = ctx.mixture.state_dict()  # to give the batches back if this step is not run
+    b = stage.batch_size
+    position = ctx.loader.state_dict()  # to give the batches back if this step is not run
     micro = []
     for _ in range(stage.grad_accum):
-        name, indices = ctx.mixture.next_batch()
-        samples = ctx.data.samples(name, indices[rank * b : (rank + 1) * b])
-        batch = {**ctx.processor.pad(samples, side="right"), **objective.targets(samples)}
+        item: MicroBatch = ctx.loader.next()
+        batch = dict(item.batch)
+        if item.owner is not None:  # packed rows: the objective maps row positions back to samples
+            batch[OWNER] = item.owner
         batch = {k: v.to(strategy.device) for k, v in batch.items()}
-        micro.append((name, batch, objective.tasks(samples, name)))
+        micro.append((item.source, batch, item.tasks))
     units = [objective.units(m[1]) for m in micro]
     # Every process must agree to stop at the same step, so the stop request travels with the unit count.
     total_units, stop_votes = _reduce(
         ctx, [float(sum(int(u.sum()) for u in units)), float(run.stop.received is not None)]
     )
     if stop_votes > 0:
-        ctx.mixture.load_state_dict(position)
+        ctx.loader.rewind(position)
         saved = _save(ctx)
         raise TrainingStopped(
             f"interrupted at step {state.global_step}; checkpoint {saved}; continue with --resume", saved, 130
@@ -428,7 +461,7 @@ def _save(ctx: _StageContext, with_optimizer: bool = True) -> Path:
             weights[canonical_name(name)] = tensor.contiguous().clone()
 
     def contents() -> dict:
-        state.mixture = ctx.mixture.state_dict() if with_optimizer else None
+        state.mixture = ctx.loader.state_dict() if with_optimizer else None
         state.scheduler = ctx.scheduler.state_dict() if with_optimizer else None
         if with_optimizer:  # mid-stage: the objective's own tensors too
             weights.update(ctx.objective.state_dict())

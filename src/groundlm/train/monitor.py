@@ -10,7 +10,8 @@
 supervised tokens: train/objectives.py); `task_loss` the same mean restricted to each task's samples. A
 skipped (non-finite) step has `loss: null` and `skipped: true`. An objective may add fields of its own: an
 `lm` stage of a model whose output carries location losses adds `location_losses` (each term's value in
-this process's last forward of the step).
+this process's last forward of the step). With the recipe's `log_with`, each row also goes to a tracker
+(train/trackers/: TensorBoard event files or a wandb run).
 """
 
 from __future__ import annotations
@@ -22,13 +23,17 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from .trackers import Tracker, scalars
+
 
 class MetricsLog:
     """Append-only JSONL metrics, flushed every line so a killed run keeps everything up to its last step."""
 
-    def __init__(self, path: str | Path, resume_at: int | None = None):
+    def __init__(self, path: str | Path, resume_at: int | None = None, tracker: Tracker | None = None):
         """A new log (a file already there is replaced), or with `resume_at` the log of a run resumed at
-        that step (the rows it logged after its checkpoint are dropped: those steps run again)."""
+        that step (the rows it logged after its checkpoint are dropped: those steps run again). Every row
+        is also given to `tracker` (closed with the log)."""
+        self.tracker = tracker
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume_at is None:
@@ -41,10 +46,14 @@ class MetricsLog:
         """Append one step's metrics."""
         self._file.write(json.dumps(row) + "\n")
         self._file.flush()
+        if self.tracker is not None:
+            self.tracker.log(scalars(row), row["step"])
 
     def close(self) -> None:
-        """Close the file."""
+        """Close the file (and the tracker)."""
         self._file.close()
+        if self.tracker is not None:
+            self.tracker.close()
 
 
 def read_metrics(path: str | Path) -> list[dict]:

@@ -16,6 +16,7 @@ from torch import nn
 
 from ..processor import IGNORE_INDEX
 from .dense import HEAD, DenseTargets, build_dense_model, dense_losses
+from .packing import OWNER, per_sample_sums
 from .recipe import DenseSpec, RecipeError, StageSpec
 from .soft_targets import coordinate_token_ids, soft_coordinate_losses
 from .strategies import WHOLE_MODEL
@@ -60,7 +61,7 @@ class Objective(Protocol):
 
 def forward(model: nn.Module, batch: dict[str, torch.Tensor]):
     """The model's output on a training batch; its labels stay out (the loss is taken here, per token)."""
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    inputs = {k: v for k, v in batch.items() if k not in ("labels", OWNER)}
     inputs["use_cache"] = False  # no generation here; a cache would only cost memory
     return model(**inputs)
 
@@ -87,6 +88,14 @@ def lm_token_losses(
 ) -> torch.Tensor:
     """`token_losses` of the model's forward on `batch`, [B, T-1]."""
     return token_losses(forward(model, batch).logits, batch["labels"], soft)
+
+
+def _per_sample(per_position: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Per-position values [rows, T-1] summed per sample [B]: by row, or for packed rows by `OWNER`."""
+    owner = batch.get(OWNER)
+    if owner is None:
+        return per_position.sum(1)
+    return per_sample_sums(per_position, owner, int(owner.max()) + 1)
 
 
 class LMObjective:
@@ -122,13 +131,14 @@ class LMObjective:
         return [s.meta.get("task") or source for s in samples]
 
     def units(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return (batch["labels"][:, 1:] != IGNORE_INDEX).sum(1)  # [B] supervised tokens
+        supervised = batch["labels"][:, 1:] != IGNORE_INDEX  # [B, T-1] (packed: [R, L-1])
+        return _per_sample(supervised.long(), batch)  # [B] supervised tokens
 
     def losses(
         self, module: nn.Module, batch: dict[str, torch.Tensor]
     ) -> tuple[torch.Tensor, dict[str, Any]]:
         out = forward(module, batch)
-        per_sample = token_losses(out.logits, batch["labels"], self.soft).sum(1)  # [B]
+        per_sample = _per_sample(token_losses(out.logits, batch["labels"], self.soft), batch)  # [B]
         location = getattr(out, "location_sample_losses", None)  # [B] or None
         if location is None:
             return per_sample, {}
@@ -158,6 +168,8 @@ class DenseObjective:
 
     @staticmethod
     def check(stage: StageSpec, where: str) -> None:
+        if stage.packing:
+            raise RecipeError(f"{where}.packing: a dense_patches stage has no token rows to pack")
         if stage.strategy not in WHOLE_MODEL:  # the head is a module of its own, beside the model
             raise RecipeError(
                 f"{where}.strategy: a dense_patches stage runs with strategy: {' or '.join(WHOLE_MODEL)}"

@@ -14,6 +14,9 @@ A right-padded batch spends the language model's compute on every padding positi
   CPU that mask is a dense [R, 1, L, L] tensor and the attention of a row costs L^2 whatever the boundaries,
   so packing pays only where padding outweighs that; bench/train_throughput.py measures both.
 
+The loop packs with a stage's `packing: true` (train/loader.py builds the rows); the `lm` objective then gets
+the rows with their `owner` map under the batch key `OWNER` and sums each sample's token losses from it.
+
 Neither applies to batches with other per-sample tensors (a location codec's per-box targets) or a
 dense objective's per-patch targets: those are returned whole.
 """
@@ -32,6 +35,9 @@ from ..processor import IGNORE_INDEX, Encoded
 # fixed cost is worth hundreds of tokens) and the ~100M one (tens); bench/train_throughput.py prints the
 # groups it forms and the speed they give.
 SPLIT_COST_TOKENS = 64
+
+# The batch key of a packed micro-batch's `Packed.owner` in the training loop (not a model input).
+OWNER = "packed_owner"
 
 # Keys `split_by_length` knows how to slice: [B, T] per-token tensors, and one image row per sample that has
 # image tokens. Any other key (per-box, per-patch) makes the batch indivisible here.

@@ -45,6 +45,10 @@ from .build import DTYPES, WORD_LISTS
 from .precision import PRECISIONS
 from .schema import RecipeError, build, expand
 from .strategies import check_strategy
+from .trackers import TRACKERS
+
+# transformers' attention kernels a stage may name (`auto`: train/loop.py picks one)
+ATTN_IMPLEMENTATIONS = ("auto", "sdpa", "eager", "flash_attention_2")
 
 
 @dataclass
@@ -119,6 +123,14 @@ class StageSpec:
     gradient_checkpointing: bool = False
     # Cut each micro-batch into length-grouped sub-batches (train/packing.py): less padding, same loss.
     group_by_length: bool = False
+    # Pack each micro-batch's samples into rows without padding, positions restarting per sample (lm only;
+    # train/packing.py). Same loss; pays on GPUs with flash_attention_2, slower on a CPU (a dense mask).
+    packing: bool = False
+    # The attention kernel (transformers' attn_implementation): auto = flash_attention_2 when the
+    # flash_attn package and a GPU are there, else sdpa; or sdpa | eager | flash_attention_2.
+    attn_implementation: str = "auto"
+    num_workers: int = 0  # processes that build the batches ahead of the step (train/loader.py); 0: inline
+    prefetch: int = 2  # batches each worker builds ahead
     # lm: Gaussian targets of this std (bins) on coordinate tokens, so near misses cost less (soft_targets.py)
     coordinate_sigma: float | None = None
     save_every: int = 0  # optimizer steps between checkpoints (0: only at the end of the stage)
@@ -134,6 +146,7 @@ class Recipe:
     stages: list[StageSpec]
     seed: int = 0
     description: str = ""
+    log_with: str | None = None  # a tracker beside metrics.jsonl: tensorboard | wandb (train/trackers.py)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -183,14 +196,19 @@ def _check_model(m: ModelSpec, where: str) -> None:
             raise RecipeError(f"{where}.{name}: applies to {kind} only{also}")
     codec = make_codec(m)
     if not pretrained and m.coordinate_init == "sincos" and codec.coordinate_tokens() is None:
-        origin = f" (set by preset {m.preset!r})" if (PRESETS.get(m.preset) or {}).get("coordinate_init") else ""
+        origin = (
+            f" (set by preset {m.preset!r})" if (PRESETS.get(m.preset) or {}).get("coordinate_init") else ""
+        )
         raise RecipeError(
             f"{where}.coordinate_init: 'sincos'{origin} lays a code on coordinate tokens, and location_codec "
             f"{m.location_codec!r} has none; set coordinate_init: random or use a codec with coordinate tokens"
         )
     _check_frame(m, codec.frame, where)
     if m.location_head is not None:
-        known = {f.name for f in dataclasses.fields(LocationHeadConfig)} - {"trigger_token_id", "slot_token_id"}
+        known = {f.name for f in dataclasses.fields(LocationHeadConfig)} - {
+            "trigger_token_id",
+            "slot_token_id",
+        }
         if not codec.has_heads or set(m.location_head) - known:
             raise RecipeError(
                 f"{where}.location_head: needs a location_codec with heads (embedding) and fields among "
@@ -245,6 +263,14 @@ def _check_stage(s: StageSpec, where: str) -> None:
         s.deepspeed_config = check_strategy(s.strategy, s.deepspeed_config, where)
     except ValueError as err:
         raise RecipeError(str(err)) from None
+    if s.attn_implementation not in ATTN_IMPLEMENTATIONS:
+        raise RecipeError(
+            f"{where}.attn_implementation: {s.attn_implementation!r} is not one of {list(ATTN_IMPLEMENTATIONS)}"
+        )
+    if s.packing and s.group_by_length:
+        raise RecipeError(f"{where}.packing: packed rows have no padding to group by; drop group_by_length")
+    if s.num_workers < 0 or s.prefetch < 1:
+        raise RecipeError(f"{where}: need num_workers >= 0 and prefetch >= 1")
     if s.precision not in PRECISIONS:
         raise RecipeError(f"{where}.precision: {s.precision!r} is not one of {list(PRECISIONS)}")
     if s.template is not None and s.template not in TEMPLATES:
@@ -283,6 +309,8 @@ def shapes_config(spec: ShapesSpec) -> ShapesConfig:
 def resolve(recipe: Recipe, *, world_size: int = 1, where: str = "recipe") -> Recipe:
     """Check every field and fill the derived defaults: source names, warmup steps, grad_accum."""
     _check_model(recipe.model, f"{where}: model")
+    if recipe.log_with is not None and recipe.log_with not in TRACKERS:
+        raise RecipeError(f"{where}: log_with: {recipe.log_with!r} is not one of {sorted(TRACKERS)}")
     if not recipe.stages:
         raise RecipeError(f"{where}: stages: a recipe needs at least one stage")
     names = [s.name for s in recipe.stages]
@@ -347,7 +375,9 @@ def from_dict(data: Any, source: str = "recipe", *, world_size: int = 1) -> Reci
     if isinstance(preset, str):
         # The preset's overrides first, the recipe's own model fields over them.
         if preset not in PRESETS:
-            raise RecipeError(f"{source}: model.preset: unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+            raise RecipeError(
+                f"{source}: model.preset: unknown preset {preset!r}; choose one of {sorted(PRESETS)}"
+            )
         data["model"] = {**PRESETS[preset], **model}
     try:
         recipe = build(Recipe, data, "")
@@ -373,12 +403,18 @@ _LATE_FIELDS = {
     "coordinate_sigma": None,
     "strategy": "ddp",
     "deepspeed_config": "zero2",
+    "packing": False,
+    "attn_implementation": "auto",
+    "num_workers": 0,
+    "prefetch": 2,
 }
 
 
 def to_dict(recipe: Recipe) -> dict:
     """The recipe as plain data (every field, defaults filled; `_LATE_FIELDS` at their default left out)."""
     data = dataclasses.asdict(recipe)
+    if data["log_with"] is None:  # a late field too
+        del data["log_with"]
     for stage in data["stages"]:
         for name, default in _LATE_FIELDS.items():
             if stage.get(name) == default:
