@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from .cli_data import data_export, data_import
+from .cli_data import data_export, data_import, data_shard
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Grounded vision-language models.")
 
@@ -230,6 +230,7 @@ data_app = typer.Typer(no_args_is_help=True, help="Make, import, export, check a
 app.add_typer(data_app, name="data")
 data_app.command("import")(data_import)
 data_app.command("export")(data_export)
+data_app.command("shard")(data_shard)
 
 
 @data_app.command("shapes")

@@ -294,3 +294,25 @@ def data_export(
         return
     _summary(report, "records")
     typer.echo(f"{report}; wrote {path}")
+
+
+def data_shard(
+    records_file: Path = typer.Argument(..., metavar="RECORDS", help="A records.jsonl file."),
+    out: Path = typer.Option(..., "--out", help="Folder for shard-NNNNNN.tar and shards.json."),
+    per_shard: int = typer.Option(10_000, "--per-shard", help="Samples per tar shard (write at least one "
+                                  "shard per training process)."),
+    image_root: Path = typer.Option(None, help="Folder the records' images are in (default: RECORDS's folder)."),
+) -> None:
+    """Stream RECORDS and its images into WebDataset tar shards in OUT, for a stage source `shards: OUT`
+    (docs/recipes.md); shuffle the records first: training reads each shard in order."""
+    from .data.shards import INDEX, write_shards
+    from .records import RecordValidationError
+
+    if not records_file.is_file():
+        _fail(f"{records_file} not found")
+    try:
+        shards = write_shards(records_file, out, per_shard=per_shard, image_root=image_root)
+    except (ValueError, RecordValidationError, OSError) as err:
+        _fail(str(err))
+        return
+    typer.echo(f"{sum(s.samples for s in shards)} samples in {len(shards)} shards; index {out / INDEX}")

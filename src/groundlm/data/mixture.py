@@ -4,6 +4,10 @@ Each training batch comes from one source, chosen with probability proportional 
 draws one dataset per batch the same way). Within a source, samples follow a fresh permutation every epoch.
 Every choice is a pure function of (seed, step) and the per-source positions, so `state_dict()` — a step
 count and one integer per source — is all that is needed to resume at exactly the same sample.
+
+An `ordered` source (a stream read in its own order: tar shards, train/sources.py `ShardSource`) gets no
+permutation: its indices are its running position 0, 1, 2, ... (never wrapped), and the source maps a
+position to a sample itself.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ class Source:
     name: str
     size: int
     ratio: float = 1.0
+    ordered: bool = False  # indices are the running position, not a permutation (see the module docstring)
 
 
 class Mixture:
@@ -65,6 +70,10 @@ class Mixture:
         source = self.sources[k]
         indices = []
         for _ in range(self.batch_size):
+            if source.ordered:
+                indices.append(self.positions[source.name])
+                self.positions[source.name] += 1
+                continue
             epoch, offset = divmod(self.positions[source.name], source.size)
             indices.append(int(self._permutation(k, epoch)[offset]))
             self.positions[source.name] += 1

@@ -220,7 +220,16 @@ def _run_stage(run: _Run, index: int) -> None:
         run.objective_state = None
 
     processor = stage_processor(run.processor, stage.template)
-    data = build_sources(stage.data, processor, at, images_only=objective.images_only)
+    data = build_sources(
+        stage.data,
+        processor,
+        at,
+        images_only=objective.images_only,
+        rank=run.rank,
+        world=run.world,
+        batch_size=stage.batch_size,
+        seed=seed,
+    )
     # One global batch of batch_size x processes per micro-step; each process takes its slice.
     mixture = Mixture(data.sources, seed=seed, batch_size=stage.batch_size * run.world)
     strategy = STRATEGIES[stage.strategy](run.cpu)

@@ -81,6 +81,7 @@ class SourceSpec:
     ratio: float = 1.0
     shapes: ShapesSpec | None = None
     records: str | None = None  # a records JSONL file
+    shards: str | None = None  # a folder of WebDataset tar shards + shards.json (`groundlm data shard`)
     image_root: str | None = None  # folder the records' image paths are relative to (default: the file's)
     on_error: str = "skip"  # a bad record: skip and count, or raise
 
@@ -231,8 +232,10 @@ def _check_frame(m: ModelSpec, published: str | None, where: str) -> None:
 
 
 def _check_source(s: SourceSpec, where: str) -> None:
-    if (s.shapes is None) == (s.records is None):
-        raise RecipeError(f"{where}: give exactly one of shapes: {{...}} or records: <path>")
+    if [s.shapes, s.records, s.shards].count(None) != 2:
+        raise RecipeError(
+            f"{where}: give exactly one of shapes: {{...}}, records: <path> or shards: <folder>"
+        )
     if not s.ratio > 0:
         raise RecipeError(f"{where}.ratio: must be > 0, got {s.ratio}")
     if s.on_error not in ("skip", "raise"):
@@ -320,7 +323,9 @@ def resolve(recipe: Recipe, *, world_size: int = 1, where: str = "recipe") -> Re
         at = f"{where}: stages[{i}] ({stage.name})"
         for j, source in enumerate(stage.data):
             if not source.name:
-                source.name = "shapes" if source.shapes is not None else Path(source.records).stem
+                source.name = (
+                    "shapes" if source.shapes is not None else Path(source.records or source.shards).stem
+                )
             _check_source(source, f"{at}.data[{j}]")
         _check_stage(stage, at)
         if stage.warmup_steps is None:
@@ -416,6 +421,9 @@ def to_dict(recipe: Recipe) -> dict:
     if data["log_with"] is None:  # a late field too
         del data["log_with"]
     for stage in data["stages"]:
+        for source in stage["data"]:
+            if source.get("shards") is None:  # a late field of the sources
+                source.pop("shards", None)
         for name, default in _LATE_FIELDS.items():
             if stage.get(name) == default:
                 del stage[name]
@@ -457,7 +465,8 @@ def dry_run(recipe: Recipe, *, steps: int = 2, scenes: int = 200) -> Recipe:
     for stage in r.stages:
         data = []
         for source in stage.data:
-            if source.records is not None and not Path(expand(source.records)).is_file():
+            given = source.records or source.shards
+            if given is not None and not Path(expand(given)).exists():
                 source = SourceSpec(name=source.name, ratio=source.ratio, shapes=ShapesSpec(scenes=scenes))
             data.append(source)
         stage.data = data

@@ -1,6 +1,7 @@
-"""The data sources of a stage: ShapesWorld generated on the fly, or records JSONL files with their images.
+"""The data sources of a stage: ShapesWorld generated on the fly, records JSONL files with their images, or
+WebDataset tar shards read as a stream (data/shards.py).
 
-Both are indexable and return encoded samples (`processor.Encoded`) whose `meta["task"]` says which task the
+All are indexable and return encoded samples (`processor.Encoded`) whose `meta["task"]` says which task the
 sample trains, so the loop can log a loss per task. The mixture (`data.mixture.Mixture`) picks the source of
 each batch and the indices inside it.
 """
@@ -11,9 +12,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from ..data.dataset import LoadReport, RecordDataset, SampleError
 from ..data.mixture import Source
 from ..data.shapes import scene_at, scene_records
+from ..data.shards import ShardReader, read_index
+from ..images import ImageError, load_image
 from ..processor import Encoded, GroundLMProcessor
 from ..tasks import record_task
 from .dense import DenseObject
@@ -30,7 +35,12 @@ class ShapesSource:
     """
 
     def __init__(
-        self, spec: ShapesSpec, processor: GroundLMProcessor, name: str = "shapes", *, images_only: bool = False
+        self,
+        spec: ShapesSpec,
+        processor: GroundLMProcessor,
+        name: str = "shapes",
+        *,
+        images_only: bool = False,
     ):
         self.spec = spec
         self.name = name
@@ -100,11 +110,95 @@ class RecordsSource:
         return sample
 
 
+class ShardSource:
+    """Records in tar shards, read in order without holding them in memory; each process reads its own shards.
+
+    Shard j belongs to process j % world. A process's stream is its shards one after the other, in an order
+    shuffled per pass (seed, pass, rank), each shard's samples in their written order (shuffle the records
+    before sharding). The mixture gives this source its running position (an `ordered` source): each process
+    takes `batch_size` consecutive positions of every global batch, which are the next `batch_size` samples
+    of its own stream, so the mixture's position is all a checkpoint needs and resuming reads on from there.
+    A bad sample (unreadable image, a box outside it) is replaced by the next one under `on_error: skip`.
+    """
+
+    def __init__(
+        self, spec: SourceSpec, processor: GroundLMProcessor, where: str, *, rank: int, world: int, batch_size: int,
+        seed: int,
+    ):  # fmt: skip
+        shards = read_index(expand(spec.shards))
+        if len(shards) < world:
+            raise RecipeError(
+                f"{where}.shards: {len(shards)} shards for {world} processes; each process reads shards of its "
+                "own, so write at least one per process (groundlm data shard --per-shard)"
+            )
+        self.name, self.on_error, self.processor = spec.name, spec.on_error, processor
+        self.rank, self.world, self.batch_size, self.seed = rank, world, batch_size, seed
+        self.mine = shards[rank::world]
+        self.samples = sum(s.samples for s in self.mine)  # in this process's stream per pass
+        self.size = sum(s.samples for s in shards)
+        self.reader = ShardReader()
+        self.report = LoadReport()
+        self._encoder: RecordDataset | None = None
+
+    def __len__(self) -> int:
+        return self.size
+
+    def locate(self, position: int) -> tuple[int, Path, int]:
+        """This process's stream position at global position `position` (see the class), and its shard and
+        sample."""
+        block, within = divmod(position, self.batch_size * self.world)
+        local = block * self.batch_size + within % self.batch_size
+        return (local, *self._at(local))
+
+    def _at(self, local: int) -> tuple[Path, int]:
+        passes, offset = divmod(local, self.samples)
+        order = np.random.default_rng([self.seed, passes, self.rank]).permutation(len(self.mine))
+        for k in order:
+            shard = self.mine[k]
+            if offset < shard.samples:
+                return shard.path, offset
+            offset -= shard.samples
+        raise AssertionError("offset beyond the shards' samples")
+
+    def _load(self, local: int) -> Encoded:
+        shard, index = self._at(local)
+        try:
+            sample = self.reader.read(shard, index)
+        except ValueError as err:
+            raise SampleError(f"{self.name}: {shard.name}", "bad sample", str(err)) from err
+        record = sample.record
+        if self._encoder is None:  # RecordDataset owns the record -> sample encoding (checks, error naming)
+            self._encoder = RecordDataset([record], self.processor, name=self.name)
+        try:
+            image = load_image(sample.image) if sample.image is not None else None
+        except ImageError as err:
+            raise SampleError(f"{self.name}: {sample.where}", "bad image", str(err)) from err
+        encoded = self._encoder.encode(record, image)
+        encoded.meta["task"] = record_task(record)
+        encoded.meta["objects"] = [DenseObject(o.box, o.label, o.mask) for o in record.objects]
+        return encoded
+
+    def __getitem__(self, position: int) -> Encoded:
+        """The sample at the mixture's `position`; under `on_error: skip` a bad one is replaced by the next
+        sample of this process's stream."""
+        local = self.locate(position)[0]
+        for attempt in range(self.samples):
+            try:
+                sample = self._load(local + attempt)
+                self.report.loaded += 1
+                return sample
+            except SampleError as err:
+                if self.on_error == "raise":
+                    raise
+                self.report.add_skip(err)
+        raise SampleError(self.name, "no good sample", "every sample of this process's shards failed to load")
+
+
 @dataclass
 class StageData:
     """A stage's sources by name, and the `Source` list the mixture samples from."""
 
-    datasets: dict[str, ShapesSource | RecordsSource]
+    datasets: dict[str, ShapesSource | RecordsSource | ShardSource]
     sources: list[Source]
 
     def samples(self, name: str, indices: Sequence[int]) -> list[Encoded]:
@@ -114,15 +208,40 @@ class StageData:
 
 
 def build_sources(
-    specs: Sequence[SourceSpec], processor: GroundLMProcessor, where: str, *, images_only: bool = False
+    specs: Sequence[SourceSpec],
+    processor: GroundLMProcessor,
+    where: str,
+    *,
+    images_only: bool = False,
+    rank: int = 0,
+    world: int = 1,
+    batch_size: int = 1,
+    seed: int = 0,
 ) -> StageData:
     """The datasets of a stage's mixture; a records file that does not exist is an error naming the field.
 
-    `images_only`: ShapesWorld sources skip the conversations (see `ShapesSource`)."""
-    datasets: dict[str, ShapesSource | RecordsSource] = {}
+    `images_only`: ShapesWorld sources skip the conversations (see `ShapesSource`). Shard sources read this
+    process's (`rank` of `world`) shards, `batch_size` samples per micro-batch, in an order from `seed`."""
+    datasets: dict[str, ShapesSource | RecordsSource | ShardSource] = {}
     for j, spec in enumerate(specs):
         if spec.shapes is not None:
             datasets[spec.name] = ShapesSource(spec.shapes, processor, spec.name, images_only=images_only)
+            continue
+        if spec.shards is not None:
+            try:
+                datasets[spec.name] = ShardSource(
+                    spec,
+                    processor,
+                    f"{where}.data[{j}]",
+                    rank=rank,
+                    world=world,
+                    batch_size=batch_size,
+                    seed=seed,
+                )
+            except (FileNotFoundError, ValueError) as err:
+                if isinstance(err, RecipeError):
+                    raise
+                raise RecipeError(f"{where}.data[{j}].shards: {err}") from None
             continue
         path = Path(expand(spec.records))
         if not path.is_file():
@@ -132,5 +251,5 @@ def build_sources(
                 "ShapesWorld in for it)"
             )
         datasets[spec.name] = RecordsSource(spec, processor)
-    sources = [Source(s.name, len(datasets[s.name]), s.ratio) for s in specs]
+    sources = [Source(s.name, len(datasets[s.name]), s.ratio, ordered=s.shards is not None) for s in specs]
     return StageData(datasets, sources)
