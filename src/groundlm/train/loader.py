@@ -84,7 +84,9 @@ class _Build(Dataset):
                     f"packing: location codec {type(self.processor.codec).__name__} gives per-box inputs, "
                     "which packed rows do not carry; set packing: false"
                 )
-            packed = pack(samples, self.processor.tokenizer.pad_token_id)
+            # padding-free: the micro-batch is one row, each sample's positions restarting at 0
+            width = sum(len(s.input_ids) for s in samples)
+            packed = pack(samples, self.processor.tokenizer.pad_token_id, row_tokens=width)
             batch, owner = packed.batch, packed.owner
         else:
             batch = self.processor.pad(samples, side="right")

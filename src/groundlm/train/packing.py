@@ -14,8 +14,9 @@ A right-padded batch spends the language model's compute on every padding positi
   CPU that mask is a dense [R, 1, L, L] tensor and the attention of a row costs L^2 whatever the boundaries,
   so packing pays only where padding outweighs that; bench/train_throughput.py measures both.
 
-The loop packs with a stage's `packing: true` (train/loader.py builds the rows); the `lm` objective then gets
-the rows with their `owner` map under the batch key `OWNER` and sums each sample's token losses from it.
+The loop packs with a stage's `packing: true`: train/loader.py puts each micro-batch into one row (no padding at
+all, as transformers' flattening collator does for flash_attention_2); the `lm` objective gets the row with its
+`owner` map under the batch key `OWNER` and sums each sample's token losses from it.
 
 Neither applies to batches with other per-sample tensors (a location codec's per-box targets) or a
 dense objective's per-patch targets: those are returned whole.

@@ -124,8 +124,8 @@ class StageSpec:
     gradient_checkpointing: bool = False
     # Cut each micro-batch into length-grouped sub-batches (train/packing.py): less padding, same loss.
     group_by_length: bool = False
-    # Pack each micro-batch's samples into rows without padding, positions restarting per sample (lm only;
-    # train/packing.py). Same loss; pays on GPUs with flash_attention_2, slower on a CPU (a dense mask).
+    # Padding-free: each micro-batch becomes one row of its samples, positions restarting per sample (lm only;
+    # train/packing.py). Same loss; pays on GPUs with flash_attention_2, slower on a CPU (a dense L x L mask).
     packing: bool = False
     # The attention kernel (transformers' attn_implementation): auto = flash_attention_2 when the
     # flash_attn package and a GPU are there, else sdpa; or sdpa | eager | flash_attention_2.
