@@ -14,7 +14,7 @@ $(BIN)/python:
 # CUDA build. vLLM has its own environment below with a different torch build.
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[dev,serve,eval,deepspeed]"
+	$(BIN)/pip install -q -e ".[dev,serve,eval,deepspeed,data,trackers]"
 	touch $(STAMP)
 
 # System packages: Java for the COCO caption metrics (PTB tokenizer, METEOR) and Debian's chromium for the

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import webdataset as wds
 from typer.testing import CliRunner
 
 from groundlm.cli import app
@@ -21,6 +20,8 @@ from groundlm.train.recipe import SourceSpec, from_dict
 from groundlm.train.sources import build_sources
 
 from .train_helpers import one_thread, tiny_recipe  # noqa: F401 (fixture)
+
+wds = pytest.importorskip("webdataset")  # the `data` extra (Makefile installs it)
 
 
 @pytest.fixture(scope="module")

@@ -80,3 +80,13 @@ def test_a_packed_micro_batch_is_one_row_without_padding():
     assert item.batch["input_ids"].shape == (1, sum(counts)) and min(counts) > 0  # every sample, no padding
     assert len(set(counts)) > 1  # samples of different lengths share the row
     assert "attention_mask" not in item.batch and item.batch["position_ids"][0, 0] == 0
+
+
+def test_wandb_logs_offline_without_network(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.delenv("WANDB_MODE", raising=False)  # the default must be offline
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    train(from_dict({**tiny_recipe(2), "log_with": "wandb"}), tmp_path, progress=False)
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("*.wandb"))  # the run's records, kept for `wandb sync`
+    assert (tmp_path / "wandb-run-id").read_text() in runs[0].name
