@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,6 +146,9 @@ def predict(
     todo = [r for r in records if r.id not in finished]
     mine = shards.deal([todo[start : start + config.batch_size] for start in range(0, len(todo), config.batch_size)])
     total = sum(len(b) for b in mine) if shards.world > 1 else len(records)
+    if shards.world > 1:
+        print(f"eval rank {shards.rank} of {shards.world}: {total} records to predict, {len(done)} taken over",
+              file=sys.stderr, flush=True)
     frame_mode = lm.processor.config.frame
     with open(own, "a") as f, tqdm(total=total, initial=total - sum(len(b) for b in mine), desc="eval",
                                     unit="sample", disable=not shards.main) as bar:
