@@ -11,9 +11,10 @@ When every rank is done, rank 0 gathers all rows through torch.distributed and w
 - Resume: each rank reads back its own part file, and also any part file of a run with more ranks whose
   number k has k mod N == rank; rank 0 also reads `predictions.jsonl`. The ids every rank holds are shared
   (all-gather), so the batches still to predict are dealt out evenly whichever rank holds the finished ones,
-  and N may differ from the interrupted run's. Nothing here assumes a filesystem shared between machines: a
-  rank reads only files it wrote (or, on one machine, files written there), and rows travel between ranks
-  through the process group.
+  and N may differ from the interrupted run's. Predictions need no filesystem shared between machines: a rank
+  reads back only part files on its own disk, and rows reach rank 0 through the process group. The generated
+  `shapes` benchmark is written by rank 0 into OUT/data and read there by the others (runner.py), so across
+  machines either OUT is shared or the benchmark is a records file every machine holds.
 - The collectives (all-gather of ids, gather of rows, barrier, broadcast of the metrics) are small Python
   objects between processes of the same job, so the group uses gloo even when the model runs on a GPU.
 
