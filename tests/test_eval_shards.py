@@ -85,3 +85,19 @@ def test_batches_are_dealt_round_robin_so_each_keeps_its_one_process_records():
     assert Shards(0, 2).deal(batches) == [[0, 1], [4, 5]]
     assert Shards(1, 2).deal(batches) == [[2, 3], [6]]
     assert Shards(2, 3).deal(batches) == [[4, 5]]
+
+
+def test_one_process_resumes_a_sharded_run_and_removes_its_part_files(tiny_dir, one_process, tmp_path):
+    lines = (one_process / "predictions.jsonl").read_text().splitlines()
+    out = tmp_path / "one-after-two"
+    out.mkdir()
+    part_file(out / "predictions.jsonl", 0).write_text("\n".join(lines[:4]) + "\n")
+    part_file(out / "predictions.jsonl", 1).write_text("\n".join(lines[4:8]) + "\n")
+    lm = groundlm.load(tiny_dir, device="cpu")
+    asked = []
+    original = lm.ask_many
+    lm.ask_many = lambda *a, **k: asked.append(len(a[1])) or original(*a, **k)
+    evaluate(lm, out, EvalConfig(scenes=2, batch_size=4, max_new_tokens=6, resume=True))
+    assert sum(asked) == 8  # only the records neither part file held
+    assert (out / "predictions.jsonl").read_text().splitlines() == lines
+    assert part_files(out / "predictions.jsonl") == []
