@@ -37,6 +37,21 @@ def new_model_cmd(
     typer.echo(f"wrote a random '{preset}' model to {out}")
 
 
+DEVICE_HELP = "Where the model runs: auto (a CUDA GPU when there is one, else the CPU), cpu, cuda, cuda:N or mps."
+DTYPE_HELP = "Weights' dtype: auto (the checkpoint's), float32, bfloat16 or float16."
+
+
+def _check_placement(device: str, dtype: str) -> None:
+    """Refuse an unusable --device / --dtype before anything is loaded, naming the option."""
+    from .devices import PlacementError, resolve_device, resolve_dtype
+
+    try:
+        resolve_device(device)
+        resolve_dtype(dtype)
+    except PlacementError as err:
+        _fail(f"--{err.option}: {err}")
+
+
 def _parse_boxes(boxes: str | None) -> list[list[float]]:
     if not boxes:
         return []
@@ -60,14 +75,17 @@ def ask(
     boxes: str = typer.Option(None, help="Boxes the prompt points at: JSON [[x1,y1,x2,y2], ...] in pixels."),
     as_json: bool = typer.Option(False, "--json", help="Print the answer and its objects as JSON."),
     max_new_tokens: int = typer.Option(64, help="Longest answer in tokens."),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
+    dtype: str = typer.Option("auto", help=DTYPE_HELP),
 ) -> None:
     """Ask MODEL a question about IMAGE."""
     from .images import ImageError
     from .inference import load
 
     box_list = _parse_boxes(boxes)
+    _check_placement(device, dtype)
     try:
-        lm = load(model)
+        lm = load(model, device=device, dtype=dtype)
         answer = lm.ask(image, prompt, boxes=box_list, max_new_tokens=max_new_tokens)
     except (ImageError, FileNotFoundError, ValueError) as err:
         _fail(str(err))
@@ -103,10 +121,16 @@ def eval_cmd(
                                 "minigptv2 (MiniGPT-v2's strict rule, --codec text) or lenient (also free-text "
                                 "[a, b, c, d] / (a,b),(c,d)); evaluate/readings.py."),
     scale: float = typer.Option(1000.0, help="With --reading lenient: the grid of free-text integer boxes."),
+    device: str = typer.Option("auto", help=DEVICE_HELP + " Under torchrun, each rank takes cuda:LOCAL_RANK."),
+    dtype: str = typer.Option("auto", help=DTYPE_HELP),
 ) -> None:
-    """Evaluate MODEL on a benchmark (or re-score --predictions); writes predictions, metrics and a report."""
+    """Evaluate MODEL on a benchmark (or re-score --predictions); writes predictions, metrics and a report.
+
+    Under `torchrun --nproc_per_node N -m groundlm eval ...` the records are shared out over the N processes
+    and rank 0 writes the one predictions file (docs/evaluation.md)."""
     from .evaluate.report import metrics_table
     from .evaluate.runner import EvalConfig, evaluate, rescore
+    from .evaluate.shards import is_main_process
 
     try:
         if predictions is not None:
@@ -117,12 +141,15 @@ def eval_cmd(
                 _fail("give a MODEL directory, or --predictions FILE to re-score")
             from .inference import load
 
+            _check_placement(device, dtype)
             config = EvalConfig(benchmark=benchmark, data=data, images=images, scenes=scenes, limit=limit,
                                 batch_size=batch_size, max_new_tokens=max_new_tokens, resume=resume,
                                 convention=convention)
-            metrics = evaluate(load(model), out, config)
+            metrics = evaluate(load(model, device=device, dtype=dtype), out, config)
     except (FileNotFoundError, ValueError) as err:
         _fail(str(err))
+        return
+    if not is_main_process():
         return
     typer.echo(metrics_table(metrics))
     typer.echo(f"wrote {out}/metrics.json and {out}/report.md")
@@ -216,12 +243,15 @@ def serve(
     port: int = typer.Option(8000, help="Port."),
     api_key: str = typer.Option(None, help="Require this bearer key (default: $GROUNDLM_API_KEY, else none)."),
     ui: bool = typer.Option(True, help="Mount the web page at /ui."),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
+    dtype: str = typer.Option("auto", help=DTYPE_HELP),
 ) -> None:
     """Serve MODEL: an OpenAI-compatible API at /v1/chat/completions and a web page at /ui."""
     from .serve import run
 
+    _check_placement(device, dtype)
     try:
-        run(model, host=host, port=port, api_key=api_key, ui=ui)
+        run(model, host=host, port=port, api_key=api_key, ui=ui, device=device, dtype=dtype)
     except (FileNotFoundError, ValueError) as err:
         _fail(str(err))
 

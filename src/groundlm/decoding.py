@@ -6,9 +6,9 @@ runner all decode here. The loop is the plain one of a causal LM (the shape of g
 - `prefill` runs the left-padded prompts [B, T] (with their images and the codec's `location_inputs`) once and
   keeps the KV cache; positions follow the attention mask, so left padding shifts nothing;
 - `decode_one_token` feeds one new token per row (or its embedding, when a codec hook supplies one);
-- `generate` yields a `Step` per new token, so a caller can stream; a row stops at a stop token id or when
-  `stop_text` says its text holds a stop string, and a stopped row receives pad tokens (ignored) until every
-  row has stopped or `max_new_tokens` are generated.
+- `generate` moves the prompts to the model's device (`on_model`) and yields a `Step` per new token, so a
+  caller can stream; a row stops at a stop token id or when `stop_text` says its text holds a stop string, and
+  a stopped row receives pad tokens (ignored) until every row has stopped or `max_new_tokens` are generated.
 
 Greedy decoding (argmax) gives the same tokens as transformers' `model.generate(do_sample=False)` on the same
 batch (tests/test_decoding.py checks it). Sampling divides the logits by `temperature` and draws from the
@@ -84,6 +84,16 @@ def choose(
     return order.gather(-1, pick).squeeze(-1)
 
 
+def on_model(model, inputs: dict) -> dict:
+    """`inputs` on `model`'s device (tensors and a codec's `location_inputs` alike), images in its dtype; a
+    no-op for inputs already there."""
+    device = model.device
+    out = {k: v.to(device) for k, v in inputs.items()}
+    if out.get("pixel_values") is not None:
+        out["pixel_values"] = out["pixel_values"].to(model.dtype)  # [B_img, 3, S, S]
+    return out
+
+
 def _last(out, hidden: bool) -> Forward:
     return Forward(out.logits[:, -1], out.hidden_states[-1][:, -1] if hidden else None, out.cache)
 
@@ -133,6 +143,7 @@ def generate(
     """
     if max_new_tokens <= 0:
         return
+    inputs = on_model(model, inputs)  # the prompts go where the model is (CPU, a GPU), whoever built them
     input_ids = inputs["input_ids"]  # [B, T]
     attention = inputs["attention_mask"]  # [B, T]
     rows = input_ids.shape[0]
@@ -168,4 +179,4 @@ def generate(
         last = chosen
 
 
-__all__ = ["GREEDY", "Sampling", "Step", "choose", "decode_one_token", "generate", "prefill"]
+__all__ = ["GREEDY", "Sampling", "Step", "choose", "decode_one_token", "generate", "on_model", "prefill"]

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import torch
 
-from .decoding import GREEDY, Sampling, generate
+from .decoding import GREEDY, Sampling, generate, on_model
+from .devices import resolve_device, resolve_dtype
 from .geometry import Frame
 from .images import ImageInput
 from .location import GroundedObject
@@ -77,14 +78,19 @@ def _resolve(path: str | os.PathLike, local_files_only: bool | None) -> Path:
 
 
 def load(
-    path: str | os.PathLike, *, device: str = "cpu", dtype: torch.dtype | None = None,
+    path: str | os.PathLike, *, device: str | torch.device = "auto", dtype: str | torch.dtype | None = "auto",
     local_files_only: bool | None = None,
 ) -> GroundLM:
-    """Load a groundlm model directory (weights, config, tokenizer, processor) for inference."""
+    """Load a groundlm model directory (weights, config, tokenizer, processor) for inference.
+
+    `device`: auto (a CUDA GPU when there is one, else the CPU), cpu, cuda, cuda:N or mps; `dtype`: auto (the
+    checkpoint's), float32, bfloat16 or float16 (devices.py). Both are checked before any weight is read."""
+    where = resolve_device(device)
+    precision = resolve_dtype(dtype)
     directory = _resolve(path, local_files_only)
-    model = GroundLMForConditionalGeneration.from_pretrained(directory, local_files_only=True, dtype=dtype)
+    model = GroundLMForConditionalGeneration.from_pretrained(directory, local_files_only=True, dtype=precision)
     processor = GroundLMProcessor.from_pretrained(directory)
-    return GroundLM(model.to(device).eval(), processor)
+    return GroundLM(model.to(where).eval(), processor)
 
 
 class GroundLM:
@@ -143,9 +149,7 @@ class GroundLM:
         the pieces of a row join to its final `answer.text`.
         """
         processor = self.processor
-        inputs = {k: v.to(self.device) for k, v in processor.pad(batch, side="left").items() if k != "labels"}
-        if "pixel_values" in inputs:
-            inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
+        inputs = on_model(self.model, {k: v for k, v in processor.pad(batch, side="left").items() if k != "labels"})
         tok = processor.tokenizer
         stop_id = processor.stop_token_id
         # A template stop of several tokens ends a row as a string, like `model.generate(stop_strings=...)`.

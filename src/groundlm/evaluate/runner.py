@@ -3,14 +3,16 @@
 A benchmark is a records file whose first user turn is the prompt and whose first assistant turn is the
 reference answer (`<box:i>` slots refer to the record's objects). `shapes` writes the fixed ShapesWorld test
 split and evaluates every task on it. Predictions are appended batch by batch, so an interrupted run loses
-at most one batch and `resume=True` continues where it stopped.
+at most one batch and `resume=True` continues where it stopped. Under torchrun the records are shared out
+over the processes and rank 0 writes the one predictions file (`shards.py`).
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Sequence
+import sys
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +28,7 @@ from ..tasks import record_task
 from .rec import DEFAULT, MINIGPT_V2, IoUConvention
 from .report import write_report
 from .scoring import score_predictions
+from .shards import Shards, sharded
 
 
 @dataclass
@@ -98,30 +101,58 @@ def _prompt_and_reference(record: Record) -> tuple[str, str]:
     return user, answer
 
 
+def _read_rows(path: Path) -> dict[str, dict]:
+    """The complete rows of a predictions file by id; a line cut by a crash mid-write is left out."""
+    rows: dict[str, dict] = {}
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+            rows[row["id"]] = row
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue  # predict that record again
+    return rows
+
+
+def _write_rows(path: Path, rows: Iterable[dict]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    os.replace(tmp, path)
+
+
 def predict(
-    lm: GroundLM, records: Sequence[Record], image_root: Path, path: Path, config: EvalConfig
+    lm: GroundLM, records: Sequence[Record], image_root: Path, path: Path, config: EvalConfig,
+    shards: Shards = Shards(),
 ) -> list[dict]:
-    """Generate an answer per record in batches, appending rows to `path`; returns all rows."""
+    """Generate an answer per record in batches, appending rows to this process's file (`path` itself when
+    one process runs, else its part file, `shards.py`); returns the rows this process holds, in record order.
+
+    With `config.resume` the rows already written (by this process's share of an interrupted run) are kept
+    and only the records no process holds are predicted."""
+    own = shards.own_file(path)
     done: dict[str, dict] = {}
-    if config.resume and path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-                done[row["id"]] = row
-            except (json.JSONDecodeError, KeyError):
-                continue  # a line cut by a crash mid-write: predict that record again
-        # rewrite without the cut line, so appending continues a clean file
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(row) + "\n" for row in done.values()))
-        os.replace(tmp, path)
-    elif path.exists():
-        path.unlink()
-    todo = [r for r in records if r.id not in done]
+    earlier = shards.files_to_read(path)
+    if config.resume:
+        for source in earlier:
+            done.update(_read_rows(source))
+        # one clean file (no cut line) to append to; the files taken over are now in it
+        _write_rows(own, done.values())
+        for source in earlier:
+            if source != own:
+                source.unlink()
+    else:
+        for source in earlier:
+            source.unlink()
+    finished = shards.union(set(done))
+    todo = [r for r in records if r.id not in finished]
+    mine = shards.deal([todo[start : start + config.batch_size] for start in range(0, len(todo), config.batch_size)])
+    total = sum(len(b) for b in mine) if shards.world > 1 else len(records)
+    if shards.world > 1:
+        print(f"eval rank {shards.rank} of {shards.world}: {total} records to predict, {len(done)} taken over",
+              file=sys.stderr, flush=True)
     frame_mode = lm.processor.config.frame
-    with open(path, "a") as f, tqdm(total=len(records), initial=len(records) - len(todo), desc="eval",
-                                     unit="sample") as bar:
-        for start in range(0, len(todo), config.batch_size):
-            batch = todo[start : start + config.batch_size]
+    with open(own, "a") as f, tqdm(total=total, initial=total - sum(len(b) for b in mine), desc="eval",
+                                    unit="sample", disable=not shards.main) as bar:
+        for batch in mine:
             images = [load_image(image_root / r.image) if r.image else None for r in batch]
             prompts = [_prompt_and_reference(r)[0] for r in batch]
             boxes = [[o.box for o in r.objects] for r in batch]
@@ -144,15 +175,38 @@ def predict(
     return [done[r.id] for r in records if r.id in done]
 
 
+def _merge(rows: list[dict], records: Sequence[Record], path: Path, shards: Shards) -> None:
+    """Gather every rank's rows and write the one `path` in record order (rank 0), then drop the part files."""
+    gathered = shards.gather(rows)
+    if shards.main:
+        by_id = {row["id"]: row for row in gathered}
+        _write_rows(path, (by_id[r.id] for r in records if r.id in by_id))
+    shards.barrier()  # `path` holds every row before any part file goes
+    shards.own_file(path).unlink(missing_ok=True)
+
+
 def evaluate(lm: GroundLM, out: str | Path, config: EvalConfig) -> dict:
-    """Run the benchmark, write `predictions.jsonl`, `metrics.json`, `report.md` and example pictures."""
+    """Run the benchmark, write `predictions.jsonl`, `metrics.json`, `report.md` and example pictures.
+
+    Under torchrun every process runs this: each predicts its share, rank 0 writes the files (shards.py); every
+    process returns the metrics."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    records, image_root = benchmark_records(config, out)
-    if config.limit is not None:
-        records = records[: config.limit]
-    predict(lm, records, image_root, out / "predictions.jsonl", config)
-    return rescore(out / "predictions.jsonl", out, image_root=image_root, convention=config.convention)
+    path = out / "predictions.jsonl"
+    with sharded() as shards:
+        if shards.main:  # rank 0 writes a generated benchmark (shapes) before the others read it
+            records, image_root = benchmark_records(config, out)
+        shards.barrier()
+        if not shards.main:
+            records, image_root = benchmark_records(config, out)
+        if config.limit is not None:
+            records = records[: config.limit]
+        rows = predict(lm, records, image_root, path, config, shards)
+        if shards.world == 1:
+            return rescore(path, out, image_root=image_root, convention=config.convention)
+        _merge(rows, records, path, shards)
+        metrics = rescore(path, out, image_root=image_root, convention=config.convention) if shards.main else None
+        return shards.broadcast(metrics)
 
 
 def read_predictions(path: str | Path) -> list[dict]:

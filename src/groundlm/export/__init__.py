@@ -21,7 +21,7 @@ def export_model(model_dir: str | Path, out: str | Path, format: str = "llava-hf
         raise ValueError(f"unknown export format {format!r}; choose one of {', '.join(EXPORT_FORMATS)}")
     from ..inference import load
 
-    lm = load(model_dir)
+    lm = load(model_dir, device="cpu")  # weights are only read and written: no GPU needed
     return EXPORT_FORMATS[format](lm.model, lm.processor, out)
 
 

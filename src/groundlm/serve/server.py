@@ -14,12 +14,13 @@ log = logging.getLogger("groundlm.serve")
 
 def run(
     model_path: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None, *,
-    name: str | None = None, limits: Limits | None = None, ui: bool = True, device: str = "cpu",
-    num_threads: int | None = None, log_level: str = "info",
+    name: str | None = None, limits: Limits | None = None, ui: bool = True, device: str = "auto",
+    dtype: str = "auto", num_threads: int | None = None, log_level: str = "info",
 ) -> None:
     """Serve the model at `model_path` on `host:port` until interrupted.
 
-    `api_key` (or env `GROUNDLM_API_KEY` when None) protects `/v1/...` and the page. `num_threads` sets
+    `device` and `dtype` are `groundlm.load`'s (devices.py: auto = a CUDA GPU when there is one, else the CPU;
+    the checkpoint's dtype). `api_key` (or env `GROUNDLM_API_KEY` when None) protects `/v1/...` and the page. `num_threads` sets
     torch's CPU threads (default: torch's choice). Binding to anything but loopback without an API key logs a
     warning: the server then answers anyone who can reach the port.
     """
@@ -34,7 +35,7 @@ def run(
     if not key and not _is_loopback(host):
         log.warning("serving on %s without an API key: anyone who can reach port %d can use the model",
                     host, port)
-    lm = load(model_path, device=device)
+    lm = load(model_path, device=device, dtype=dtype)
     app = create_app(lm, name=name, api_key=key or None, limits=limits, ui=ui)
     uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
 
