@@ -17,35 +17,16 @@ trainer is run with (defaults: Qwen's ``4*28*28`` and ``16384*28*28``). ``locati
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
-from ...records import Record
-from .base import IMAGE_TAG, rendered, tagged
-from .llava import FROM
-from .locations import MAX_PIXELS, MIN_PIXELS, Locations
+from .llava import LlavaExporter
+from .locations import MAX_PIXELS, MIN_PIXELS
 
 
-class Qwen25VLExporter:
-    """Records → qwen-vl-finetune rows with ``bbox_2d`` boxes in pixels (original or smart-resized image)."""
+class Qwen25VLExporter(LlavaExporter):
+    """Records → qwen-vl-finetune rows (LLaVA's) with ``bbox_2d`` boxes in pixels (original or smart-resized)."""
 
-    file_name: ClassVar[str] = "data.json"
     options: ClassVar[tuple[str, ...]] = ("smart_resize", "min_pixels", "max_pixels")
 
     def __init__(self, *, smart_resize: bool = False, min_pixels: int = MIN_PIXELS, max_pixels: int = MAX_PIXELS):
-        self.locations = Locations(
-            "qwen2_5_vl", smart_resize=smart_resize, min_pixels=min_pixels, max_pixels=max_pixels
-        )
-
-    def row(self, record: Record, image_root: Path | None) -> dict:
-        """The qwen-vl-finetune row of ``record``."""
-        turns = tagged(record, rendered(record, self.locations, image_root), IMAGE_TAG + "\n")
-        row: dict[str, Any] = {"id": record.id}
-        if record.image is not None:
-            row["image"] = record.image
-        row["conversations"] = [{"from": FROM[role], "value": content} for role, content in turns]
-        return row
-
-    def extra_files(self) -> dict[str, Any]:
-        """None: the trainer's dataset list names the JSON file."""
-        return {}
+        super().__init__(codec="qwen2_5_vl", smart_resize=smart_resize, min_pixels=min_pixels, max_pixels=max_pixels)
