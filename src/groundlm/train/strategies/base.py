@@ -10,6 +10,7 @@ sharded checkpoint state, and hands back a plain model when the stage ends. The 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -80,6 +81,23 @@ class Strategy(Protocol):
 
 # ------------------------------------------------------------------------------------------------------------
 # Process groups
+
+
+def clip_and_step(
+    params: list, optimizer, max_norm: float | None, loss_finite: bool, norm_of: Callable[[torch.Tensor], float]
+) -> StepResult:
+    """The loop's clip → skip-non-finite → step for an optimizer the strategy owns: the gradient norm of
+    `params` clipped to `max_norm` (`norm_of` turns clip_grad_norm_'s result into a float, across shards if
+    need be); a non-finite loss or norm skips the update. Gradients are cleared either way."""
+    norm = None
+    applied = loss_finite
+    if applied:
+        norm = norm_of(torch.nn.utils.clip_grad_norm_(params, max_norm or float("inf")))
+        applied = math.isfinite(norm)
+    if applied:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return StepResult(norm if applied else None, applied)
 
 
 def ensure_process_group() -> None:

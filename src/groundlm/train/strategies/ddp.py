@@ -12,7 +12,6 @@ DeepSpeed plugins are not used: on a machine without GPUs accelerate silently fa
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from torch import nn
 from .. import checkpoint
 from ..optim import adamw
 from ..precision import stage_accelerator
-from .base import StageSetup, StepResult, world
+from .base import StageSetup, StepResult, clip_and_step, world
 
 OPTIMIZER_TENSORS = "optimizer.safetensors"
 OPTIMIZER_JSON = "optimizer.json"
@@ -59,15 +58,7 @@ class DDPStrategy:
         self.accelerator.backward(loss)
 
     def step(self, max_norm: float | None, loss_finite: bool) -> StepResult:
-        norm = None
-        applied = loss_finite
-        if applied:
-            norm = float(torch.nn.utils.clip_grad_norm_(self.params, max_norm or float("inf")))
-            applied = math.isfinite(norm)
-        if applied:
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return StepResult(norm if applied else None, applied)
+        return clip_and_step(self.params, self.optimizer, max_norm, loss_finite, float)
 
     def full_tensors(self, model: nn.Module, names: set[str]) -> Iterator[tuple[str, torch.Tensor]]:
         for name, p in model.named_parameters():

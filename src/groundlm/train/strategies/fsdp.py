@@ -18,7 +18,6 @@ into a freshly built plain model (`release`), which the next stage shards again.
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -31,7 +30,7 @@ from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 
 from ..optim import adamw
-from .base import StageSetup, StepResult, copy_into, device, ensure_process_group, world
+from .base import StageSetup, StepResult, clip_and_step, copy_into, device, ensure_process_group, world
 
 DIRECTORY = "fsdp"
 
@@ -43,6 +42,10 @@ def shard_units(module: nn.Module) -> list[nn.Module]:
         names |= set(getattr(m, "_no_split_modules", None) or ())
     names -= {"CLIPVisionEmbeddings", "CLIPTextEmbeddings"}  # small, and they hold the tied positions
     return [m for m in module.modules() if type(m).__name__ in names and m is not module]
+
+
+def _full_norm(total: torch.Tensor) -> float:
+    return float(total.full_tensor() if isinstance(total, DTensor) else total)
 
 
 class FSDPStrategy:
@@ -88,17 +91,8 @@ class FSDPStrategy:
         loss.backward()
 
     def step(self, max_norm: float | None, loss_finite: bool) -> StepResult:
-        norm = None
-        applied = loss_finite
-        if applied:
-            # The norm over every shard of every process (a DTensor's full_tensor is one all-reduce).
-            total = torch.nn.utils.clip_grad_norm_(self.params, max_norm or float("inf"))
-            norm = float(total.full_tensor() if isinstance(total, DTensor) else total)
-            applied = math.isfinite(norm)
-        if applied:
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return StepResult(norm if applied else None, applied)
+        # the norm over every shard of every process (a DTensor's full_tensor is one all-reduce)
+        return clip_and_step(self.params, self.optimizer, max_norm, loss_finite, _full_norm)
 
     def full_tensors(self, model: nn.Module, names: set[str]) -> Iterator[tuple[str, torch.Tensor]]:
         for name, p in model.named_parameters():
