@@ -100,8 +100,9 @@ def eval_cmd(
                               "(text, qwen_vl, shikra, ...; docs/location-codecs.md)."),
     input_size: int = typer.Option(224, help="With --codec qwen2_5_vl: the model input's side in pixels."),
     reading: str = typer.Option("codec", help="With --codec: how answers are read: codec (its format anywhere), "
-                                "minigptv2 (MiniGPT-v2's strict rule, --codec text) or lenient (also free-text "
-                                "[a, b, c, d] / (a,b),(c,d)); evaluate/readings.py."),
+                                "minigptv2 (MiniGPT-v2's strict rule, --codec text), lenient (also free-text "
+                                "[a, b, c, d] / (a,b),(c,d)), lmms_eval or vlmevalkit (those tools' RefCOCO "
+                                "parsers, no --codec needed); evaluate/readings.py."),
     scale: float = typer.Option(1000.0, help="With --reading lenient: the grid of free-text integer boxes."),
 ) -> None:
     """Evaluate MODEL on a benchmark (or re-score --predictions); writes predictions, metrics and a report."""

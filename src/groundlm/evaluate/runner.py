@@ -190,9 +190,10 @@ def reread(
             raise ValueError(f"{where}: row {n} ({row.get('id')!r}): no raw answer in field 'prediction'")
         width, height = row.get("width"), row.get("height")
         frame = Frame(width, height, row.get("frame") or "resize") if width and height else None
-        objects = read(text)
+        objects = read(text, (width, height) if width and height else None)
         for obj in objects:
-            obj.box = tuple(frame.denormalize(obj.box_norm)) if frame is not None else None
+            if obj.box is None:  # a codec's box in the model's frame (tool readings give original pixels)
+                obj.box = tuple(frame.denormalize(obj.box_norm)) if frame is not None else None
         out.append({**row, "prediction_text": codec_.strip(text), "prediction_objects": [o.to_dict() for o in objects]})
     return out
 
@@ -206,9 +207,13 @@ def rescore(
     With `codec`, every raw answer is read again in that location format first (`reread`, with `reading`)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    from .readings import CODEC_FREE
+
     rows = read_predictions(predictions)
     if not rows:
         raise ValueError(f"{predictions} holds no predictions")
+    if codec is None and reading in CODEC_FREE:
+        codec = "text"  # any codec: the reading does not use it
     if codec is not None:
         rows = reread(rows, codec, input_size=input_size, reading=reading, scale=scale, where=str(predictions))
     elif reading != "codec":

@@ -62,6 +62,8 @@ class GroundLMEval(lmms):
         unused.pop("max_batch_size", None)
         if unused:
             raise ValueError(f"--model groundlm: unknown model_args {sorted(unused)}; see {__name__}'s docstring")
+        if not str(batch_size).isdigit() or int(batch_size) < 1:
+            raise ValueError(f"--model groundlm: batch_size must be a positive integer, got {batch_size!r}")
         if dtype is not None and dtype not in _DTYPES:
             raise ValueError(f"--model groundlm: dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
         accelerator = Accelerator()
@@ -74,6 +76,19 @@ class GroundLMEval(lmms):
         self.max_new_tokens = int(max_new_tokens)
         lm = load(pretrained, device=device, dtype=_DTYPES.get(dtype) if dtype else None)
         self.harness = Harness(lm, batch_size=int(batch_size), rec_prompt=rec_prompt or None, decimals=int(decimals))
+
+    @classmethod
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> GroundLMEval:
+        """The model of `--model_args`. lmms-eval also passes its own `--batch_size` (default 1), `--device`
+        and `--max_batch_size` to every model; a setting given in `--model_args` wins over those (lmms-eval's
+        default would otherwise clash with `batch_size=N` in `--model_args`)."""
+        from lmms_eval.utils import simple_parse_args_string
+
+        args = simple_parse_args_string(arg_string)
+        for key, value in (additional_config or {}).items():
+            if value is not None and key not in args:
+                args[key] = value
+        return cls(**args)
 
     @property
     def rank(self) -> int:
