@@ -2,9 +2,8 @@
 (`make test-lmms`).
 
 Runs in `.venv-lmms` (lmms-eval 0.7 and groundlm installed with `-e .[lmms]`; see the Makefile):
-1. the model: the small LLaVA-layout ShapesWorld model of tests/integration/vllm/shapes_llava.yaml (pad frame,
-   text boxes), trained with `groundlm train` into WORKDIR/train and reused while the recipe is unchanged, or
-   `--model DIR`;
+1. the model: the small ShapesWorld REC model of shapes_rec.yaml (LLaVA-1.5's pad frame, text boxes), trained
+   with `groundlm train` into WORKDIR/train and reused while the recipe is unchanged, or `--model DIR`;
 2. the data: ShapesWorld referring expressions (val split) written as a parquet file with lmms-lab/RefCOCO's
    columns (`question_id, image, question, answer, segmentation, bbox, iscrowd, file_name`); a third of the
    scenes are widened and a third made taller, so LLaVA's padded square differs from the original image;
@@ -34,7 +33,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-RECIPE = HERE.parent / "vllm" / "shapes_llava.yaml"
+RECIPE = HERE / "shapes_rec.yaml"
 TASK = "groundlm_shapes_refcoco_bbox_rec"
 REC_PROMPT = "[refer] give me the location of {}"  # the ShapesWorld model's instruction (MiniGPT-v2's)
 MAX_NEW_TOKENS = 48  # groundlm eval's default, so both decode the same answers

@@ -7,7 +7,8 @@
   as lmms-eval explodes ``answer``.
 - ``from_vlmevalkit_refcoco``: VLMEvalKit's ``RefCOCO.tsv``: columns ``index``, ``image`` (base64), ``question``
   (its prompt, the expression inside ``<ref></ref>``), ``answer`` (``[x1, y1, x2, y2]`` in [0, 1] of the image),
-  ``category`` (``RefCOCO+ test-A``); one record per row.
+  ``category`` (``RefCOCO+ test-A``), optionally ``bbox_x1..bbox_y2`` in pixels (preferred, as VLMEvalKit's
+  scorer does); one record per row.
 
 The images are written once each under ``out_dir/images/`` and records name them ``images/<file>``, so records
 saved as ``out_dir/records.jsonl`` find them (`groundlm data import ... --out out_dir`). Without an ``rng`` the
@@ -109,6 +110,7 @@ def from_lmms_refcoco(
 
 
 _REF = re.compile(r"<ref>(.*?)</ref>", re.S)
+_PIXEL_COLUMNS = ("bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2")
 
 
 def _tsv_rows(path: Path) -> Iterator[tuple[str, dict]]:
@@ -138,13 +140,19 @@ def from_vlmevalkit_refcoco(path: PathLike, out_dir: PathLike, **options: Unpack
         except (binascii.Error, ValueError):
             raise RowError("image", "not base64") from None
         image = _decoded(data, "image")
-        try:
-            fractions = numbers(_json_list(get_text(row, "answer")), 4, "answer")
-        except ValueError:
-            raise RowError("answer", "expected [x1, y1, x2, y2] in [0, 1]") from None
         w, h = image.size
-        x1, y1, x2, y2 = fractions
-        box = pixel_box([x1 * w, y1 * h, x2 * w, y2 * h], "answer")
+        if all(row.get(k) not in (None, "") for k in _PIXEL_COLUMNS):
+            # VLMEvalKit's scorer takes these pixel columns first when a TSV has them
+            try:
+                box = pixel_box([float(row[k]) for k in _PIXEL_COLUMNS], "bbox_x1..bbox_y2")
+            except ValueError:
+                raise RowError("bbox_x1..bbox_y2", "expected four pixel numbers") from None
+        else:
+            try:
+                x1, y1, x2, y2 = numbers(_json_list(get_text(row, "answer")), 4, "answer")
+            except ValueError:
+                raise RowError("answer", "expected [x1, y1, x2, y2] in [0, 1]") from None
+            box = pixel_box([x1 * w, y1 * h, x2 * w, y2 * h], "answer")
         category = (row.get("category") or "RefCOCO").strip()
         split = category.replace(" ", "_").replace("test-A", "testA").replace("test-B", "testB")
         image_path = _save_image(image, out_dir, f"{split}-{row_index}")
