@@ -101,3 +101,40 @@ def test_generate_inner_refuses_two_images_and_unknown_items(vlm):
         vlm.generate_inner([{"type": "image", "value": Image.new("RGB", (8, 8))}] * 2)
     with pytest.raises(ValueError, match=r"message\[0\]"):
         vlm.generate_inner([{"type": "video", "value": "clip.mp4"}])
+
+
+# ---- the tools' prediction files re-scored -----------------------------------------------------------------
+def _lmms_sample(doc_id, answer, bbox, as_text=False):
+    data = {"answer": "the red one", "pred": [0, 0, 0, 0], "ann_id": f"q{doc_id}", "bbox": bbox}
+    return {"doc_id": doc_id, "input": "Please provide ...", "filtered_resps": answer,
+            "refcoco_ACC@0.5": str(data) if as_text else data}
+
+
+def test_lmms_eval_samples_log_rescored_with_its_reading(tmp_path):
+    path = tmp_path / "samples_refcoco_bbox_rec_val.jsonl"
+    lines = [_lmms_sample(0, "[0.1, 0.2, 0.3, 0.4]", [0.1, 0.2, 0.3, 0.4]),
+             _lmms_sample(1, ["there: [0.5, 0.5, 0.7, 0.9]"], [0.5, 0.5, 0.7, 0.7], as_text=True),  # IoU 0.5
+             _lmms_sample(2, "no box", [0.1, 0.1, 0.2, 0.2])]
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    metrics = rescore(path, tmp_path / "o", predictions_format="lmms_samples", reading="lmms_eval")["refer"]
+    assert (metrics["hits"], metrics["total"], metrics["unparsed"]) == (2, 3, 1)
+    assert metrics["mean_iou"] == pytest.approx(1.5 / 3)
+    with pytest.raises(ValueError, match="give --reading"):
+        rescore(path, tmp_path / "p", predictions_format="lmms_samples")
+    path.write_text('{"doc_id": 0}\n')
+    with pytest.raises(ValueError, match=r"samples_refcoco_bbox_rec_val.jsonl:1: not a refcoco_bbox_rec sample"):
+        rescore(path, tmp_path / "q", predictions_format="lmms_samples", reading="lmms_eval")
+
+
+def test_vlmevalkit_prediction_file_rescored_with_its_reading(tmp_path):
+    path = tmp_path / "groundlm_RefCOCO.tsv"
+    header = "index\tquestion\tanswer\tprediction\twidth\theight\tbbox_x1\tbbox_y1\tbbox_x2\tbbox_y2\n"
+    path.write_text(header
+                    + "1\tq\t[0.1, 0.2, 0.3, 0.4]\t[100, 200, 300, 400]\t200\t100\t\t\t\t\n"  # 0-1000 grid: a hit
+                    + "2\tq\t\t[0.1 0.2 0.3 0.4]\t200\t100\t20\t20\t60\t40\n"  # pixel columns, spaces: a hit
+                    + "3\tq\t[0.5, 0.5, 1, 1]\t[0.1, 0.2, 0.3, 0.4]\t200\t100\t\t\t\t\n")  # a miss
+    metrics = rescore(path, tmp_path / "o", predictions_format="vlmevalkit", reading="vlmevalkit")["refer"]
+    assert (metrics["hits"], metrics["total"]) == (2, 3)
+    path.write_text("index\tprediction\tanswer\n1\t[0, 0, 1, 1]\t[0, 0, 1, 1]\n")
+    with pytest.raises(ValueError, match=r"groundlm_RefCOCO.tsv:2: fields 'width' and 'height'"):
+        rescore(path, tmp_path / "p", predictions_format="vlmevalkit", reading="vlmevalkit")

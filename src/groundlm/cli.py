@@ -104,6 +104,9 @@ def eval_cmd(
                                 "[a, b, c, d] / (a,b),(c,d)), lmms_eval or vlmevalkit (those tools' RefCOCO "
                                 "parsers, no --codec needed); evaluate/readings.py."),
     scale: float = typer.Option(1000.0, help="With --reading lenient: the grid of free-text integer boxes."),
+    predictions_format: str = typer.Option("groundlm", help="Who wrote --predictions: groundlm, lmms_samples "
+                                           "(lmms-eval --log_samples JSONL of refcoco_bbox_rec) or vlmevalkit "
+                                           "(its RefCOCO predictions as TSV/CSV/JSONL); evaluate/tool_logs.py."),
 ) -> None:
     """Evaluate MODEL on a benchmark (or re-score --predictions); writes predictions, metrics and a report."""
     from .evaluate.report import metrics_table
@@ -112,7 +115,8 @@ def eval_cmd(
     try:
         if predictions is not None:
             metrics = rescore(predictions, out, image_root=images, convention=convention, codec=codec,
-                              input_size=input_size, reading=reading, scale=scale)
+                              input_size=input_size, reading=reading, scale=scale,
+                              predictions_format=predictions_format)
         else:
             if model is None:
                 _fail("give a MODEL directory, or --predictions FILE to re-score")

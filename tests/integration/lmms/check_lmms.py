@@ -16,7 +16,8 @@ Runs in `.venv-lmms` (lmms-eval 0.7 and groundlm installed with `-e .[lmms]`; se
 5. `groundlm data import refcoco-lmms` of the same parquet file and `groundlm eval --benchmark records
    --convention default` (lmms-eval's rule: continuous IoU, hit when IoU >= 0.5);
 6. Acc@0.5 must be equal, the mean IoU equal within the rounding of the written boxes (4 decimals), and the hit
-   of every row the same.
+   of every row the same; `groundlm eval --predictions-format lmms_samples --reading lmms_eval` of lmms-eval's
+   own samples log must give lmms-eval's Acc@0.5 and mean IoU.
 Exit codes: 0 equal, 1 a difference or a failure, 77 skipped (lmms-eval not importable here).
 """
 
@@ -186,7 +187,15 @@ def lmms_eval_run(model: Path, tasks: Path, out: Path, processes: int, timeout: 
             if isinstance(data, str):  # logged as its str() when not JSON-serialisable: a Python literal
                 data = ast.literal_eval(data)
             by_question[data["ann_id"]] = {**sample, "refcoco_ACC@0.5": data}
-    return metrics, by_question
+    return metrics, {**by_question, "__file__": samples[-1]}
+
+
+def rescored_log(samples: Path, workdir: Path) -> dict:
+    """groundlm's re-scoring of lmms-eval's own samples log with lmms-eval's reading."""
+    out = workdir / "groundlm-rescored-log"
+    groundlm_cli("eval", "--predictions", str(samples), "--predictions-format", "lmms_samples", "--reading",
+                 "lmms_eval", "--out", str(out), timeout=600)
+    return json.loads((out / "metrics.json").read_text())["refer"]
 
 
 def groundlm_run(model: Path, parquet: Path, workdir: Path, timeout: float) -> tuple[dict, list[dict]]:
@@ -209,6 +218,12 @@ def compare(lmms: dict, samples: dict, ours: dict, rows: list[dict], label: str)
 
     problems = []
     refer = ours["refer"]
+    log_file = samples.pop("__file__")
+    relog = rescored_log(log_file, log_file.parent)
+    log(f"{label}: groundlm eval --predictions-format lmms_samples of that log: accuracy {relog['accuracy']:.4f}, "
+        f"mean IoU {relog['mean_iou']:.4f}")
+    if abs(relog["accuracy"] - lmms["refcoco_ACC@0.5,none"]) > 1e-12 or abs(relog["mean_iou"] - lmms["refcoco_IoU,none"]) > 1e-9:
+        problems.append(f"{label}: re-scoring lmms-eval's log gives {relog}, lmms-eval {lmms}")
     acc_lmms, iou_lmms = lmms["refcoco_ACC@0.5,none"], lmms["refcoco_IoU,none"]
     log(f"{label}: lmms-eval Acc@0.5 {acc_lmms:.4f}, mean IoU {iou_lmms:.4f} over {len(samples)} rows; "
         f"groundlm eval accuracy {refer['accuracy']:.4f} ({refer['hits']}/{refer['total']}), mean IoU "
