@@ -57,7 +57,7 @@ def write_tsv(workdir: Path, scenes: int) -> tuple[Path, list[dict]]:
         rows.append({
             "index": str(n), "image": base64.b64encode(png.getvalue()).decode(),
             "question": QUESTION.format(record.meta["expression"]),
-            "answer": "[{:.6f}, {:.6f}, {:.6f}, {:.6f}]".format(x1 / w, y1 / h, x2 / w, y2 / h),
+            "answer": f"[{x1 / w:.6f}, {y1 / h:.6f}, {x2 / w:.6f}, {y2 / h:.6f}]",
             "category": "RefCOCO val", "width": w, "height": h,
             "bbox_x1": x1, "bbox_y1": y1, "bbox_x2": x2, "bbox_y2": y2, "image_path": str(path),
         })

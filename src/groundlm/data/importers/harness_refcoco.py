@@ -20,7 +20,6 @@ from __future__ import annotations
 import base64
 import binascii
 import csv
-import io
 import re
 import sys
 from collections.abc import Iterator
