@@ -75,7 +75,7 @@ test-vllm: install $(VLLM_STAMP)
 # lmms-eval interop (not part of `make test`: ~3 GB of downloads and ~10 minutes of CPU the first time): lmms-eval
 # runs `--model groundlm` (found through groundlm's `lmms_eval.models` entry point) on a local RefCOCO-layout
 # parquet task that uses lmms-eval's own refcoco_bbox_rec processing and metrics, in one process and in two
-# (`accelerate launch`); its Acc@0.5 must equal `groundlm eval`'s on the same rows, row by row
+# (`torchrun`); its Acc@0.5 must equal `groundlm eval`'s on the same rows, row by row
 # (tests/integration/lmms/check_lmms.py; the model trained from tests/integration/lmms/shapes_rec.yaml is kept
 # in runs/test-lmms/train and reused). lmms-eval has its own virtualenv: it imports torchvision and timm, whose
 # PyPI builds need the plain torch wheel, not groundlm's +cpu build (tests/integration/lmms/requirements.txt).

@@ -12,9 +12,10 @@ Model arguments: `pretrained` (a groundlm model directory), `device` (default cp
 `rec_prompt` (ask RefCOCO prompts in the model's own words, e.g. `[refer] give me the location of {}`; quote the
 value if it holds a comma), `decimals` (4).
 
-Several processes (`accelerate launch -m lmms_eval ...`): lmms-eval's evaluator gives each rank its share of
-the documents and gathers the results; the model reports its `rank` and `world_size` from accelerate, and each
-process loads the model on its own device (`cuda:LOCAL_RANK` when `device=cuda`).
+Several processes (`torchrun --nproc_per_node N -m lmms_eval ...`, or `accelerate launch` on GPUs): lmms-eval's
+evaluator gives each rank its share of the documents and gathers the results; the model reports its `rank` and
+`world_size` from accelerate, and each process loads the model on its own device (`cuda:LOCAL_RANK` when
+`device=cuda`).
 """
 
 from __future__ import annotations

@@ -11,8 +11,8 @@ Runs in `.venv-lmms` (lmms-eval 0.7 and groundlm installed with `-e .[lmms]`; se
    `process_docs`, prompt, parser and metrics, from the installed package) and points `dataset_path: parquet`
    at the file;
 4. `lmms-eval --model groundlm` (found through groundlm's entry point) with `--log_samples`, in one process
-   and, with `--processes 2`, again under `accelerate launch` (the evaluator shards the documents per rank and
-   gathers them: the scores must not change);
+   and, with `--processes 2`, again under `torchrun` (the evaluator shards the documents per rank and gathers
+   them over gloo; every rank must run and the scores must not change);
 5. `groundlm data import refcoco-lmms` of the same parquet file and `groundlm eval --benchmark records
    --convention default` (lmms-eval's rule: continuous IoU, hit when IoU >= 0.5);
 6. Acc@0.5 must be equal, the mean IoU equal within the rounding of the written boxes (4 decimals), and the hit
@@ -28,6 +28,7 @@ import ast
 import hashlib
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -60,6 +61,12 @@ def run(cmd: list[str], timeout: float, env: dict | None = None) -> subprocess.C
 
 def groundlm_cli(*args: str, timeout: float) -> subprocess.CompletedProcess:
     return run([sys.executable, "-m", "groundlm", *args], timeout)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def trained_model(workdir: Path, timeout: float) -> Path:
@@ -160,8 +167,9 @@ def lmms_eval_run(model: Path, tasks: Path, out: Path, processes: int, timeout: 
     args = ["--model", "groundlm", "--model_args", model_args, "--tasks", TASK, "--include_path", str(tasks),
             "--batch_size", "8", "--output_path", str(out), "--log_samples"]
     if processes > 1:
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", str(processes),
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "lmms_eval", *args]
+        # torchrun (`accelerate launch --cpu --num_processes N` starts a single process on a CPU-only machine)
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_port",
+               str(free_port()), "-m", "lmms_eval", *args]
     else:
         cmd = [sys.executable, "-m", "lmms_eval", *args]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
