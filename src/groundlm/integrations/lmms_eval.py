@@ -132,7 +132,11 @@ class GroundLMEval(lmms):
 
     def loglikelihood(self, requests: list[Instance]) -> list[tuple[float, bool]]:
         items = []
-        for context, doc_to_target, doc_to_visual, doc_id, task, split in [r.args for r in requests]:
+        for args in [r.args for r in requests]:
+            if len(args) == 2:  # ("", choice): the unconditional requests of the acc_mutual_info metric
+                items.append((None, args[0], str(args[1])))
+                continue
+            context, doc_to_target, doc_to_visual, doc_id, task, split = args
             doc = self.task_dict[task][split][doc_id]
             continuation = doc_to_target if isinstance(doc_to_target, str) else doc_to_target(doc)
             items.append((self._image(doc_to_visual, doc_id, task, split), context, str(continuation)))
