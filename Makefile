@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install system test lint demo clean test-vllm
+.PHONY: install system test lint demo clean test-vllm test-lmms
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -72,5 +72,36 @@ test-vllm: install $(VLLM_STAMP)
 	OMP_NUM_THREADS=2 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false timeout 3600 $(BIN)/python \
 	  tests/integration/vllm/check_vllm.py --vllm-python $(VLLM_VENV)/bin/python --workdir runs/test-vllm
 
+# lmms-eval interop (not part of `make test`: ~3 GB of downloads and ~10 minutes of CPU the first time): lmms-eval
+# runs `--model groundlm` (found through groundlm's `lmms_eval.models` entry point) on a local RefCOCO-layout
+# parquet task that uses lmms-eval's own refcoco_bbox_rec processing and metrics, in one process and in two
+# (`torchrun`); its Acc@0.5 must equal `groundlm eval`'s on the same rows, row by row
+# (tests/integration/lmms/check_lmms.py; the model trained from tests/integration/lmms/shapes_rec.yaml is kept
+# in runs/test-lmms/train and reused). lmms-eval has its own virtualenv: it imports torchvision and timm, whose
+# PyPI builds need the plain torch wheel, not groundlm's +cpu build (tests/integration/lmms/requirements.txt).
+# groundlm itself is installed there with `-e .[lmms]`. VLMEvalKit (ms-vlmeval) is installed beside it and its
+# RefCOCO scorer checks the VLMEvalKit model class (tests/integration/lmms/check_vlmevalkit.py).
+LMMS_VENV := .venv-lmms
+LMMS_STAMP := $(LMMS_VENV)/.installed
+LMMS_REQ := tests/integration/lmms
+
+$(LMMS_STAMP): $(LMMS_REQ)/requirements.txt pyproject.toml
+	test -x $(LMMS_VENV)/bin/python || $(PY) -m venv $(LMMS_VENV)
+	$(LMMS_VENV)/bin/pip install -q --upgrade pip
+	@timeout 3600 $(LMMS_VENV)/bin/pip install -q -r $(LMMS_REQ)/requirements.txt -e ".[lmms]" \
+	  || { echo "FAIL: lmms-eval could not be installed into $(LMMS_VENV) (pip's error above)"; exit 1; }
+	@$(LMMS_VENV)/bin/python -c "import torch, torchvision.ops, lmms_eval.models as m, vlmeval.vlm.base; \
+	  print('lmms-eval model groundlm ->', m.get_model('groundlm').__name__, '| torch', torch.__version__)" \
+	  || { echo "FAIL: lmms-eval, VLMEvalKit or torchvision does not import in $(LMMS_VENV) (error above)"; exit 1; }
+	touch $(LMMS_STAMP)
+
+test-lmms: $(LMMS_STAMP)
+	OMP_NUM_THREADS=2 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false timeout 3600 $(LMMS_VENV)/bin/python \
+	  tests/integration/lmms/check_lmms.py --workdir runs/test-lmms
+	OMP_NUM_THREADS=2 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false timeout 1800 $(LMMS_VENV)/bin/python \
+	  tests/integration/lmms/check_vlmevalkit.py --workdir runs/test-lmms
+	OMP_NUM_THREADS=2 HF_HUB_OFFLINE=1 timeout 600 $(LMMS_VENV)/bin/python -m pytest -p no:cacheprovider -q \
+	  tests/test_integrations_importers.py
+
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) build *.egg-info src/*.egg-info .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) $(LMMS_VENV) build *.egg-info src/*.egg-info .pytest_cache

@@ -224,7 +224,8 @@ def test_readings_never_raise_and_stay_linear_on_adversarial_text():
         read = reader(name, codec_name, codec)
         assert read(None) == [] and read("") == []
         start = time.process_time()
-        assert read(adversarial) == []
+        # VLMEvalKit's rule takes the first four numbers anywhere, so it finds a box even here
+        assert (read(adversarial) == []) != (name == "vlmevalkit")
         assert time.process_time() - start < 1.0, name
 
 

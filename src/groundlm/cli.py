@@ -118,11 +118,15 @@ def eval_cmd(
                               "(text, qwen_vl, shikra, ...; docs/location-codecs.md)."),
     input_size: int = typer.Option(224, help="With --codec qwen2_5_vl: the model input's side in pixels."),
     reading: str = typer.Option("codec", help="With --codec: how answers are read: codec (its format anywhere), "
-                                "minigptv2 (MiniGPT-v2's strict rule, --codec text) or lenient (also free-text "
-                                "[a, b, c, d] / (a,b),(c,d)); evaluate/readings.py."),
+                                "minigptv2 (MiniGPT-v2's strict rule, --codec text), lenient (also free-text "
+                                "[a, b, c, d] / (a,b),(c,d)), lmms_eval or vlmevalkit (those tools' RefCOCO "
+                                "parsers, no --codec needed); evaluate/readings.py."),
     scale: float = typer.Option(1000.0, help="With --reading lenient: the grid of free-text integer boxes."),
     device: str = typer.Option("auto", help=DEVICE_HELP + " Under torchrun, each rank takes cuda:LOCAL_RANK."),
     dtype: str = typer.Option("auto", help=DTYPE_HELP),
+    predictions_format: str = typer.Option("groundlm", help="Who wrote --predictions: groundlm, lmms_samples "
+                                           "(lmms-eval --log_samples JSONL of refcoco_bbox_rec) or vlmevalkit "
+                                           "(its RefCOCO predictions as TSV/CSV/JSONL); evaluate/tool_logs.py."),
 ) -> None:
     """Evaluate MODEL on a benchmark (or re-score --predictions); writes predictions, metrics and a report.
 
@@ -135,7 +139,8 @@ def eval_cmd(
     try:
         if predictions is not None:
             metrics = rescore(predictions, out, image_root=images, convention=convention, codec=codec,
-                              input_size=input_size, reading=reading, scale=scale)
+                              input_size=input_size, reading=reading, scale=scale,
+                              predictions_format=predictions_format)
         else:
             if model is None:
                 _fail("give a MODEL directory, or --predictions FILE to re-score")

@@ -39,6 +39,7 @@ class ImportArgs:
     rng: random.Random | None = None
     on_error: str = "raise"
     report: object = None
+    out: Path | None = None  # the output folder, where images shipped inside the source are written
 
     def policy(self) -> dict:
         return {"on_error": self.on_error, "report": self.report}
@@ -147,6 +148,14 @@ IMPORT_FORMATS: dict[str, ImportFormat] = {
         lambda src, a: _importers().from_flickr30k_detection(src, **a.options()),
         ("seed",), "Flickr30k Entities root folder → [detection] records",
     ),
+    "refcoco-lmms": ImportFormat(
+        lambda src, a: _importers().from_lmms_refcoco(src, a.out, **a.options()),
+        ("seed",), "lmms-lab RefCOCO/+/g parquet (lmms-eval) → [refer] records, images written to OUT/images",
+    ),
+    "refcoco-vlmevalkit": ImportFormat(
+        lambda src, a: _importers().from_vlmevalkit_refcoco(src, a.out, **a.options()),
+        ("seed",), "VLMEvalKit RefCOCO.tsv (base64 images) → [refer] records, images written to OUT/images",
+    ),
     "llava-caps-boxes": ImportFormat(
         lambda src, a: _importers().from_llava_caps_boxes(src, image_root=a.image_root, **a.options()),
         ("image_root", "seed"), "LLaVA caps_boxes JSONL → [caption] and [detection] records",
@@ -226,7 +235,7 @@ def data_import(
     report = ImportReport()
     args = ImportArgs(image_root=image_root, codec=codec, annotations=annotations, label_map=label_map,
                       crowd=crowd or "skip", rng=None if seed is None else random.Random(seed),
-                      on_error=on_error, report=report)
+                      on_error=on_error, report=report, out=out)
     try:
         with _progress(f"importing {src.name}", None, _size(src) >= LONG_FILE) as tick:
             report.on_row = tick

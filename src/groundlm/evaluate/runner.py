@@ -244,9 +244,10 @@ def reread(
             raise ValueError(f"{where}: row {n} ({row.get('id')!r}): no raw answer in field 'prediction'")
         width, height = row.get("width"), row.get("height")
         frame = Frame(width, height, row.get("frame") or "resize") if width and height else None
-        objects = read(text)
+        objects = read(text, (width, height) if width and height else None)
         for obj in objects:
-            obj.box = tuple(frame.denormalize(obj.box_norm)) if frame is not None else None
+            if obj.box is None:  # a codec's box in the model's frame (tool readings give original pixels)
+                obj.box = tuple(frame.denormalize(obj.box_norm)) if frame is not None else None
         out.append({**row, "prediction_text": codec_.strip(text), "prediction_objects": [o.to_dict() for o in objects]})
     return out
 
@@ -254,15 +255,26 @@ def reread(
 def rescore(
     predictions: str | Path, out: str | Path, *, image_root: Path | None = None, convention: str = "default",
     codec: str | None = None, input_size: int = 224, reading: str = "codec", scale: float = 1000.0,
+    predictions_format: str = "groundlm",
 ) -> dict:
     """Score an existing predictions file (no model needed) and write `metrics.json` and `report.md`.
 
-    With `codec`, every raw answer is read again in that location format first (`reread`, with `reading`)."""
+    With `codec`, every raw answer is read again in that location format first (`reread`, with `reading`).
+    `predictions_format` names the tool that wrote the file (`tool_logs.PREDICTION_FORMATS`); another tool's
+    raw answers are always read again, with `reading` (its own: `lmms_eval`, `vlmevalkit`) or a `codec`."""
+    from .readings import CODEC_FREE
+    from .tool_logs import read_prediction_rows
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = read_predictions(predictions)
+    rows = read_prediction_rows(predictions, predictions_format)
     if not rows:
         raise ValueError(f"{predictions} holds no predictions")
+    if codec is None and reading in CODEC_FREE:
+        codec = "text"  # any codec: the reading does not use it
+    if predictions_format != "groundlm" and codec is None:
+        raise ValueError(f"{predictions_format} predictions hold raw answers only: give --reading "
+                         f"{' or '.join(sorted(CODEC_FREE))} (the tools' own parsers) or the --codec they are written in")
     if codec is not None:
         rows = reread(rows, codec, input_size=input_size, reading=reading, scale=scale, where=str(predictions))
     elif reading != "codec":

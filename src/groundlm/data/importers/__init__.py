@@ -14,6 +14,8 @@
   ``codec`` the boxes written in a model's format become slots and objects (``written``)
 - ``from_coco_instances``     (``coco_instances``) COCO ``instances_*.json`` → ``[detection]`` records per category
 - ``from_odvg``               (``odvg``) Grounding DINO's ODVG JSONL → ``[detection]`` and ``[grounding]`` records
+- ``from_lmms_refcoco``, ``from_vlmevalkit_refcoco`` (``harness_refcoco``): RefCOCO as lmms-eval (parquet) and
+  VLMEvalKit (TSV) ship it, images inside the file (written under the output folder) → ``[refer]`` records
 
 Conventions shared by all of them: without an ``rng`` the instruction is MiniGPT-v2's evaluation prompt
 (and a fixed answer is picked, e.g. the first caption); with a ``random.Random`` the instruction (and such
@@ -29,6 +31,7 @@ from .chat import from_llava, from_sharegpt, from_swift
 from .coco import from_coco_captions, from_gqa, from_llava_caps_boxes, from_okvqa, from_pope, from_vqav2
 from .coco_instances import from_coco_instances
 from .flickr import from_flickr30k_detection, from_flickr30k_grounding
+from .harness_refcoco import from_lmms_refcoco, from_vlmevalkit_refcoco
 from .odvg import from_odvg
 from .refer import (
     ReferObject,
@@ -51,6 +54,7 @@ __all__ = [
     "from_gqa",
     "from_llava",
     "from_llava_caps_boxes",
+    "from_lmms_refcoco",
     "from_minigptv2_refcoco",
     "from_odvg",
     "from_okvqa",
@@ -59,6 +63,7 @@ __all__ = [
     "from_refer_reg",
     "from_sharegpt",
     "from_swift",
+    "from_vlmevalkit_refcoco",
     "from_vqav2",
     "load_refer",
     "refer_split_matches",

@@ -1,0 +1,152 @@
+"""VLMEvalKit's RefCOCO scorer gives groundlm's VLMEvalKit model class the score `groundlm eval` gives
+(`make test-lmms`, after check_lmms.py).
+
+Runs in `.venv-lmms`, where VLMEvalKit is installed as `ms-vlmeval` (ModelScope's package of it):
+1. the model: WORKDIR/train/model (trained by check_lmms.py) or `--model DIR`;
+2. the data: the ShapesWorld referring expressions of check_lmms.py (a third widened, a third taller) written as
+   VLMEvalKit's RefCOCO TSV: `index`, `image` (base64), `question` (its prompt, the expression in <ref></ref>),
+   `answer` ([x1, y1, x2, y2] in [0, 1]), `category`, `width`, `height`, `bbox_x1..bbox_y2` (pixels);
+3. `GroundLMVLM.generate(message, dataset="RefCOCO")`, i.e. VLMEvalKit's own `BaseModel.generate` (message
+   normalisation) calling groundlm's `generate_inner`, with the message VLMEvalKit builds for an image
+   benchmark (the image path, then the question);
+4. each answer scored by `vlmeval.dataset.refcoco.RefCOCODataset`'s own parse, scale guess, ground-truth reader
+   and IoU (hit when IoU >= 0.5, its IOU_THRESHOLD);
+5. `groundlm data import refcoco-vlmevalkit` of the TSV and `groundlm eval --benchmark records`;
+6. the hit of every row and the Precision@1 must be equal.
+Exit codes: 0 equal, 1 a difference or a failure, 77 skipped (VLMEvalKit not importable here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import csv
+import io
+import json
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from check_lmms import MAX_NEW_TOKENS, REC_PROMPT, groundlm_cli, log, reshaped  # noqa: E402
+
+QUESTION = "Please provide the bounding box coordinate of the region this sentence describes: <ref>{}</ref>"
+
+
+def write_tsv(workdir: Path, scenes: int) -> tuple[Path, list[dict]]:
+    """VLMEvalKit RefCOCO rows (and their images as files, which VLMEvalKit passes to models as paths)."""
+    from PIL import Image
+
+    from groundlm.data.shapes import ShapesConfig, write_shapes
+    from groundlm.records import read_jsonl
+
+    shapes = workdir / "shapes"
+    records = read_jsonl(write_shapes(shapes, scenes, "val", tasks=("refer",), config=ShapesConfig(image_size=64),
+                                      progress=False))
+    images = workdir / "vlmevalkit-images"
+    images.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for n, record in enumerate(records):
+        image, (x1, y1, x2, y2) = reshaped(Image.open(shapes / record.image).convert("RGB"), record.objects[0].box, n % 3)
+        path = images / f"{n}.png"
+        image.save(path)
+        png = io.BytesIO()
+        image.save(png, format="PNG")
+        w, h = image.size
+        rows.append({
+            "index": str(n), "image": base64.b64encode(png.getvalue()).decode(),
+            "question": QUESTION.format(record.meta["expression"]),
+            "answer": f"[{x1 / w:.6f}, {y1 / h:.6f}, {x2 / w:.6f}, {y2 / h:.6f}]",
+            "category": "RefCOCO val", "width": w, "height": h,
+            "bbox_x1": x1, "bbox_y1": y1, "bbox_x2": x2, "bbox_y2": y2, "image_path": str(path),
+        })
+    tsv = workdir / "RefCOCO_shapes.tsv"
+    with open(tsv, "w", newline="") as f:
+        columns = [c for c in rows[0] if c != "image_path"]
+        writer = csv.DictWriter(f, fieldnames=columns, delimiter="\t", extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    log(f"wrote {len(rows)} VLMEvalKit RefCOCO rows to {tsv}")
+    return tsv, rows
+
+
+def vlmevalkit_hits(model: Path, rows: list[dict]) -> dict[str, tuple[int, str]]:
+    """Each row's (hit, answer) under VLMEvalKit's RefCOCO scorer, the answers from GroundLMVLM."""
+    import pandas as pd
+    from vlmeval.dataset.refcoco import RefCOCODataset
+
+    from groundlm.integrations.vlmevalkit import GroundLMVLM
+
+    vlm = GroundLMVLM(model_path=str(model), max_new_tokens=MAX_NEW_TOKENS, rec_prompt=REC_PROMPT)
+    out = {}
+    for row in rows:
+        message = [{"type": "image", "value": row["image_path"]}, {"type": "text", "value": row["question"]}]
+        answer = vlm.generate(message, dataset="RefCOCO")  # VLMEvalKit's BaseModel.generate → generate_inner
+        meta = pd.Series(row)
+        gt = RefCOCODataset._extract_gt_bbox(meta)
+        parsed = RefCOCODataset._parse_prediction(answer)
+        pred = None if parsed is None else RefCOCODataset._to_absolute(parsed, float(row["width"]), float(row["height"]))
+        iou = 0.0 if pred is None or gt is None else float(RefCOCODataset._compute_iou(pred, gt))
+        out[row["index"]] = (int(iou >= RefCOCODataset.IOU_THRESHOLD), answer, iou)
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", type=Path, default=Path("runs/test-lmms"))
+    parser.add_argument("--model", type=Path, help="a groundlm model directory (default: WORKDIR/train/model)")
+    parser.add_argument("--scenes", type=int, default=30)
+    parser.add_argument("--timeout", type=float, default=1200)
+    args = parser.parse_args()
+    try:
+        import vlmeval.vlm.base  # noqa: F401
+    except ImportError as err:
+        log(f"SKIP: VLMEvalKit cannot be imported in {sys.executable}: {err}")
+        return 77
+    workdir = args.workdir.resolve()
+    model = (args.model or workdir / "train" / "model").resolve()
+    if not (model / "config.json").is_file():
+        log(f"FAIL: no model at {model} (run check_lmms.py first, or pass --model)")
+        return 1
+    tsv, rows = write_tsv(workdir, args.scenes)
+    theirs = vlmevalkit_hits(model, rows)
+    data = workdir / "groundlm-vlmevalkit-data"
+    groundlm_cli("data", "import", "refcoco-vlmevalkit", str(tsv), "--out", str(data), "--force", timeout=600)
+    out = workdir / "groundlm-vlmevalkit-eval"
+    groundlm_cli("eval", str(model), "--benchmark", "records", "--data", str(data / "records.jsonl"), "--out",
+                 str(out), "--convention", "default", "--batch-size", "8", "--max-new-tokens", str(MAX_NEW_TOKENS),
+                 timeout=args.timeout)
+    ours = json.loads((out / "metrics.json").read_text())["refer"]
+    predictions = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines() if line.strip()]
+    precision = 100 * sum(hit for hit, _, _ in theirs.values()) / len(theirs)
+    mean_iou = sum(iou for _, _, iou in theirs.values()) / len(theirs)
+    log(f"VLMEvalKit scorer: Precision@1 {precision:.2f}, mean IoU {mean_iou:.4f} over {len(theirs)} rows; "
+        f"groundlm eval accuracy {100 * ours['accuracy']:.2f} ({ours['hits']}/{ours['total']}), mean IoU "
+        f"{ours['mean_iou']:.4f}")
+    problems = []
+    if len(predictions) != len(theirs):
+        problems.append(f"groundlm scored {len(predictions)} rows, VLMEvalKit {len(theirs)}")
+    for row in predictions:
+        hit, answer, _ = theirs[row["meta"]["index"]]
+        objects = row["prediction_objects"]
+        from groundlm.evaluate.rec import is_hit
+        from groundlm.geometry import box_iou
+
+        our_hit = int(bool(objects) and is_hit(box_iou(objects[0]["box"], row["objects"][0]["box"])))
+        if hit != our_hit:
+            problems.append(f"row {row['id']}: VLMEvalKit hit {hit} ({answer!r}), groundlm {our_hit} ({row['prediction']!r})")
+    if abs(precision - 100 * ours["accuracy"]) > 1e-9:
+        problems.append(f"Precision@1 {precision} differs from groundlm's accuracy {100 * ours['accuracy']}")
+    if abs(mean_iou - ours["mean_iou"]) > 1e-3:
+        problems.append(f"mean IoU {mean_iou} differs from groundlm's {ours['mean_iou']}")
+    for p in problems:
+        log("FAIL: " + p)
+    if problems:
+        return 1
+    log("OK: VLMEvalKit's RefCOCO scorer gives GroundLMVLM's answers groundlm eval's scores on every row")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
