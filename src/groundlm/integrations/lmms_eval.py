@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 from accelerate import Accelerator
-from lmms_eval.api.instance import Instance
+from lmms_eval.api.instance import GenerationResult, Instance
 from lmms_eval.api.model import lmms
 from tqdm import tqdm
 
@@ -130,7 +130,15 @@ class GroundLMEval(lmms):
         with tqdm(total=len(asked), disable=self.rank != 0, desc="groundlm generate") as bar:
             return self.harness.generate(asked, on_batch=bar.update)
 
-    def loglikelihood(self, requests: list[Instance]) -> list[tuple[float, bool]]:
+    def loglikelihood(self, requests: list[Instance]) -> list[GenerationResult]:
+        """Per request, (the continuation's negative log-likelihood, whether greedy decoding writes it).
+
+        lmms-eval 0.7 picks a multiple-choice answer by `argmin` over these values (`api/task.py`: its own
+        models return a loss), so groundlm's summed log-probability is returned negated. Its `acc_mutual_info`
+        takes the `argmax` of conditional minus unconditional values, so with losses, as with lmms-eval's own
+        models, that metric reads them in the opposite sense; `acc` and `acc_norm` are right. Each pair is
+        wrapped in `GenerationResult`: the evaluator turns a bare tuple into its string before the metric
+        reads it."""
         items = []
         for args in [r.args for r in requests]:
             if len(args) == 2:  # ("", choice): the unconditional requests of the acc_mutual_info metric
@@ -141,7 +149,8 @@ class GroundLMEval(lmms):
             continuation = doc_to_target if isinstance(doc_to_target, str) else doc_to_target(doc)
             items.append((self._image(doc_to_visual, doc_id, task, split), context, str(continuation)))
         with tqdm(total=len(items), disable=self.rank != 0, desc="groundlm loglikelihood") as bar:
-            return self.harness.loglikelihood(items, on_batch=bar.update)
+            scored = self.harness.loglikelihood(items, on_batch=bar.update)
+        return [GenerationResult(text=(-logprob, greedy)) for logprob, greedy in scored]
 
     def generate_until_multi_round(self, requests) -> list[str]:
         raise NotImplementedError(

@@ -17,7 +17,10 @@ Runs in `.venv-lmms` (lmms-eval 0.7 and groundlm installed with `-e .[lmms]`; se
    --convention default` (lmms-eval's rule: continuous IoU, hit when IoU >= 0.5);
 6. Acc@0.5 must be equal, the mean IoU equal within the rounding of the written boxes (4 decimals), and the hit
    of every row the same; `groundlm eval --predictions-format lmms_samples --reading lmms_eval` of lmms-eval's
-   own samples log must give lmms-eval's Acc@0.5 and mean IoU.
+   own samples log must give lmms-eval's Acc@0.5 and mean IoU;
+7. multiple choice (`loglikelihood`): a local `output_type: multiple_choice` task of ShapesWorld colour questions
+   with four choices; lmms-eval's `acc` and each row's pick must equal an independent scoring with the groundlm
+   model (the highest summed log-probability of a choice, one plain forward pass each; shapes_mc.py).
 Exit codes: 0 equal, 1 a difference or a failure, 77 skipped (lmms-eval not importable here).
 """
 
@@ -33,6 +36,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import shapes_mc  # beside this file (the script's directory is on sys.path)
 
 HERE = Path(__file__).resolve().parent
 RECIPE = HERE / "shapes_rec.yaml"
@@ -270,7 +275,11 @@ def main() -> int:
     parser.add_argument("--scenes", type=int, default=30, help="ShapesWorld val scenes (one expression each)")
     parser.add_argument("--processes", type=int, default=2, help="also run lmms-eval with this many processes")
     parser.add_argument("--timeout", type=float, default=1800)
+    parser.add_argument("--checks", default="rec,mc", help="which parts to run: rec (RefCOCO), mc (multiple choice)")
     args = parser.parse_args()
+    checks = set(args.checks.split(","))
+    if not checks or checks - {"rec", "mc"}:
+        parser.error(f"--checks takes rec and/or mc, got {args.checks!r}")
     try:
         import lmms_eval  # noqa: F401
     except ImportError as err:
@@ -279,20 +288,31 @@ def main() -> int:
     workdir = args.workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     model = args.model.resolve() if args.model else trained_model(workdir, args.timeout)
-    parquet = write_parquet(workdir, args.scenes)
-    tasks = write_task(workdir, parquet)
-    ours, rows = groundlm_run(model, parquet, workdir, args.timeout)
-    lmms, samples = lmms_eval_run(model, tasks, workdir / "lmms-1", 1, args.timeout)
-    problems = compare(lmms, samples, ours, rows, "1 process")
-    if args.processes > 1:
-        lmms_n, samples_n = lmms_eval_run(model, tasks, workdir / f"lmms-{args.processes}", args.processes, args.timeout)
-        problems += compare(lmms_n, samples_n, ours, rows, f"{args.processes} processes")
-    if problems:
-        for p in problems:
-            log("FAIL: " + p)
-        return 1
-    log("OK: lmms-eval's refcoco_bbox_rec scores equal groundlm eval's on every row")
-    return 0
+    problems, passed = [], []
+    if "rec" in checks:
+        parquet = write_parquet(workdir, args.scenes)
+        tasks = write_task(workdir, parquet)
+        ours, rows = groundlm_run(model, parquet, workdir, args.timeout)
+        lmms, samples = lmms_eval_run(model, tasks, workdir / "lmms-1", 1, args.timeout)
+        found = compare(lmms, samples, ours, rows, "1 process")
+        if args.processes > 1:
+            lmms_n, samples_n = lmms_eval_run(model, tasks, workdir / f"lmms-{args.processes}", args.processes,
+                                              args.timeout)
+            found += compare(lmms_n, samples_n, ours, rows, f"{args.processes} processes")
+        problems += found
+        if not found:
+            passed.append("lmms-eval's refcoco_bbox_rec scores equal groundlm eval's on every row")
+    if "mc" in checks:
+        found = shapes_mc.check(model, workdir, args.scenes, run, log, args.timeout)
+        problems += found
+        if not found:
+            passed.append("lmms-eval's multiple-choice acc and every row's pick equal the independent argmax of "
+                          "the summed log-probabilities")
+    for p in problems:
+        log("FAIL: " + p)
+    for p in passed:
+        log("OK: " + p)
+    return 1 if problems else 0
 
 
 if __name__ == "__main__":
