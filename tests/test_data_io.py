@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -11,28 +10,11 @@ from typer.testing import CliRunner
 
 from groundlm.cli import app
 from groundlm.data.importers import ImportReport, ImportRowError, from_coco_instances, from_odvg, from_swift
-from groundlm.records import BOX_SLOT, read_jsonl, validate_record
+from groundlm.records import BOX_SLOT, read_jsonl
+
+from .test_importers import _all_valid, _turns, _write_json, _write_jsonl
 
 runner = CliRunner()
-
-
-def _write_json(path: Path, data) -> Path:
-    path.write_text(json.dumps(data), encoding="utf-8")
-    return path
-
-
-def _write_jsonl(path: Path, rows) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
-
-
-def _turns(record):
-    return [(m.role, m.content) for m in record.messages]
-
-
-def _all_valid(records):
-    for r in records:
-        assert validate_record(r.to_dict()) == [], r.id
 
 
 def resolved(record, digits: int = 3):
