@@ -128,7 +128,7 @@ def test_config_counts_image_tokens():
 
 
 def test_config_rejects_bad_settings():
-    with pytest.raises(ValueError, match="linear, mlp2x_gelu, concat4, qformer"):
+    with pytest.raises(ValueError, match="linear, mlp2x_gelu, concat4, merge2x2, qformer"):
         make_config("mlp3x")
     with pytest.raises(ValueError, match="divisible by 4"):
         make_config("concat4", "clip", vision_feature_select_strategy="full")  # 17 tokens

@@ -14,7 +14,7 @@ from transformers import AutoConfig, Blip2QFormerConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
 from ..geometry import FRAMES
-from .connector import CONCAT_GROUP, CONNECTORS
+from .connector import CONNECTORS, MERGING
 from .positions import IMAGE_POSITION_EMBEDDINGS
 from .vision import SELECT_STRATEGIES, tower_has_cls_token
 
@@ -31,7 +31,7 @@ class GroundLMConfig(PreTrainedConfig):
         qformer_config: the Q-Former's `Blip2QFormerConfig` (or a dict), used only by the `qformer` connector.
             Defaults to BLIP-2's (BERT-base sized); its `encoder_hidden_size` is set to the vision width.
         connector: how vision features become language-model embeddings: `linear` (LLaVA-1), `mlp2x_gelu`
-            (LLaVA-1.5), `concat4` (MiniGPT-v2) or `qformer` (MiniGPT-4).
+            (LLaVA-1.5), `concat4` (MiniGPT-v2), `merge2x2` (2x2 blocks) or `qformer` (MiniGPT-4).
         num_query_tokens: the number of learned Q-Former queries, i.e. image tokens, for `qformer`.
         vision_feature_layer: which hidden state of the tower to use (-2 is the penultimate layer).
         vision_feature_select_strategy: `default` drops the CLS token when the tower has one; `full` keeps it.
@@ -46,6 +46,8 @@ class GroundLMConfig(PreTrainedConfig):
         vision_feature_norm: a LayerNorm on the tower's features before the connector (as MiniGPT-4's
             `ln_vision`). A tower trained from scratch has residual features of norm ~200, which swamp the
             position code and make the connector's updates huge; pretrained CLIP/EVA features do not need it.
+        region_marks: mark the boxes of the user's turns on the patch features with a learned vector
+            (modeling/marks.py; the processor's `mark_grid` lays them on the grid).
         image_position_embedding: `none`, or `sincos2d`: a fixed 2-D sinusoidal code of each image token's
             centre added to the connector's output (models trained from scratch learn to ground much faster
             with it; see modeling/positions.py). Not for `qformer` or a kept CLS token.
@@ -76,6 +78,7 @@ class GroundLMConfig(PreTrainedConfig):
     projector_bias: bool = True
     vision_feature_norm: bool = False
     image_position_embedding: str = "none"
+    region_marks: bool = False
     tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs) -> None:
@@ -134,9 +137,9 @@ class GroundLMConfig(PreTrainedConfig):
             )
         if self.connector == "qformer" and self.num_query_tokens < 1:
             raise ValueError(f"num_query_tokens must be positive, got {self.num_query_tokens}")
-        if self.connector == "concat4" and self.num_vision_features % CONCAT_GROUP != 0:
+        if self.connector in MERGING and self.num_vision_features % MERGING[self.connector] != 0:
             raise ValueError(
-                f"the concat4 connector groups {CONCAT_GROUP} vision tokens into one, but the tower gives "
+                f"the {self.connector} connector groups {MERGING[self.connector]} vision tokens into one, but the tower gives "
                 f"{self.num_vision_features} tokens per image (image_size {self.image_size}, patch_size "
                 f"{self.vision_config.patch_size}, strategy {self.vision_feature_select_strategy!r}); "
                 "use a token count divisible by 4 (e.g. strategy 'default' to drop the CLS token)"
@@ -160,9 +163,7 @@ class GroundLMConfig(PreTrainedConfig):
         """How many image tokens (and image features) one image becomes in the language model's sequence."""
         if self.connector == "qformer":
             return self.num_query_tokens
-        if self.connector == "concat4":
-            return self.num_vision_features // CONCAT_GROUP
-        return self.num_vision_features
+        return self.num_vision_features // MERGING.get(self.connector, 1)
 
 
 __all__ = ["GroundLMConfig"]

@@ -5,6 +5,9 @@
   like transformers' `LlavaMultiModalProjector`, so weights map 1:1.
 - `concat4`: 4 sequence-adjacent tokens concatenated on channels, [B, N, C] -> [B, N/4, 4C], then one Linear
   4C -> D (MiniGPT-v2). On a row-major patch grid each group is a 1x4 strip within a row, not a 2x2 block.
+- `merge2x2`: each 2x2 block of the patch grid concatenated on channels, [B, G*G, C] -> [B, G*G/4, 4C], then
+  one Linear 4C -> D (the spatial merge of Qwen2-VL's patch merger, with MiniGPT-v2's single Linear): as
+  many tokens as `concat4`, each covering a square instead of a strip one patch high.
 - `qformer`: learned queries cross-attend the (layer-normed) vision features through BLIP-2's Q-Former, then a
   Linear Dq -> D (MiniGPT-4). One image becomes `num_query_tokens` tokens.
 """
@@ -67,6 +70,38 @@ class Concat4Connector(nn.Module):
         return self.linear(grouped)
 
 
+class Merge2x2Connector(nn.Module):
+    """Concatenate each 2x2 block of the row-major patch grid on channels, then one Linear."""
+
+    def __init__(self, vision_hidden: int, text_hidden: int, bias: bool = True):
+        super().__init__()
+        self.linear = nn.Linear(CONCAT_GROUP * vision_hidden, text_hidden, bias=bias)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """[B, G*G, C] -> [B, G*G/4, D]; output token (i, j) of the (G/2)^2 grid sees patches (2i..2i+1, 2j..2j+1)."""
+        return self.linear(merge_blocks(features))
+
+
+def merge_blocks(x: torch.Tensor) -> torch.Tensor:
+    """[B, G*G, C] on a row-major G x G grid (G even) -> [B, (G/2)^2, 4C], each 2x2 block's rows in reading order."""
+    batch, num_tokens, channels = x.shape
+    grid = round(num_tokens**0.5)
+    if grid * grid != num_tokens or grid % 2:
+        raise ValueError(f"merge2x2 needs a square grid of even side, got {num_tokens} tokens")
+    half = grid // 2
+    blocks = x.reshape(batch, half, 2, half, 2, channels).permute(0, 1, 3, 2, 4, 5)  # [B, G/2, G/2, 2, 2, C]
+    return blocks.reshape(batch, half * half, CONCAT_GROUP * channels)
+
+
+def merged_centres(connector: str, points: torch.Tensor) -> torch.Tensor:
+    """The centres [N_img, 2] of a connector's output tokens from its input tokens' centres [N, 2] (row-major)."""
+    if connector == "concat4":
+        return points.reshape(-1, CONCAT_GROUP, 2).mean(1)
+    if connector == "merge2x2":
+        return merge_blocks(points.unsqueeze(0))[0].reshape(-1, CONCAT_GROUP, 2).mean(1)
+    return points
+
+
 class QFormerConnector(nn.Module):
     """Learned queries read the vision features through BLIP-2's Q-Former, then a Linear (MiniGPT-4).
 
@@ -105,9 +140,12 @@ _CONSTRUCTORS = {
     "linear": _sized(LinearConnector),
     "mlp2x_gelu": _sized(MLPConnector),
     "concat4": _sized(Concat4Connector),
+    "merge2x2": _sized(Merge2x2Connector),
     "qformer": QFormerConnector,
 }
 CONNECTORS = tuple(_CONSTRUCTORS)  # the valid values of `connector` (GroundLMConfig and recipes check these)
+# Connectors that fold this many vision tokens into one image token.
+MERGING = {"concat4": CONCAT_GROUP, "merge2x2": CONCAT_GROUP}
 
 
 def build_connector(config: GroundLMConfig) -> nn.Module:
@@ -122,7 +160,10 @@ __all__ = [
     "CONNECTORS",
     "Concat4Connector",
     "LinearConnector",
+    "MERGING",
     "MLPConnector",
+    "Merge2x2Connector",
     "QFormerConnector",
     "build_connector",
+    "merged_centres",
 ]

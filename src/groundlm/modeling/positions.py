@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .connector import CONCAT_GROUP
+from .connector import merged_centres
 
 if TYPE_CHECKING:  # config.py reads IMAGE_POSITION_EMBEDDINGS from here, so no import of it at run time
     from .config import GroundLMConfig
@@ -58,8 +58,8 @@ def sincos_2d(xy: torch.Tensor, dim: int, bins: int) -> torch.Tensor:
 def image_token_centres(config: GroundLMConfig) -> torch.Tensor:
     """The centre (x, y) of every image token in the input frame, [N_img, 2], as fractions.
 
-    Patch tokens sit on a row-major grid; `concat4` merges 4 sequence-adjacent patches (a 1x4 strip inside a
-    row when the grid width is a multiple of 4), whose centre is the mean of the four.
+    Patch tokens sit on a row-major grid; a merging connector's token (`concat4`: a 1x4 strip inside a row when
+    the grid width is a multiple of 4; `merge2x2`: a 2x2 block) is centred at the mean of its patches.
     """
     if config.connector == "qformer":
         raise ValueError("image_position_embedding needs tokens tied to image positions; qformer queries are not")
@@ -69,9 +69,7 @@ def image_token_centres(config: GroundLMConfig) -> torch.Tensor:
     centres = (torch.arange(grid, dtype=torch.float32) + 0.5) / grid  # [G]
     ys, xs = torch.meshgrid(centres, centres, indexing="ij")
     points = torch.stack([xs.flatten(), ys.flatten()], dim=-1)  # [G*G, 2], row-major like the tower's tokens
-    if config.connector == "concat4":
-        points = points.reshape(-1, CONCAT_GROUP, 2).mean(1)  # [G*G/4, 2]
-    return points
+    return merged_centres(config.connector, points)  # [N_img, 2]
 
 
 def image_position_codes(config: GroundLMConfig) -> torch.Tensor:
