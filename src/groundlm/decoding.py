@@ -99,13 +99,14 @@ def _last(out, hidden: bool) -> Forward:
 
 
 def prefill(model, inputs: dict, *, hidden: bool = False, hook: DecodeHook | None = None) -> Forward:
-    """Run the prompts: `input_ids` [B, T], `attention_mask` [B, T], optional `pixel_values`, `location_inputs`
+    """Run the prompts: `input_ids` [B, T], `attention_mask` [B, T], optional `pixel_values` (+ `image_marks`), `location_inputs`
     (what of them the prompt pass takes is the hook's call)."""
     located = inputs.get("location_inputs")
     out = model(
         input_ids=inputs["input_ids"],
         attention_mask=inputs["attention_mask"],
         pixel_values=inputs.get("pixel_values"),
+        image_marks=inputs.get("image_marks"),
         location_inputs=hook.prompt_inputs(located) if hook is not None else located,
         use_cache=True,
         logits_to_keep=1,  # only the last position's logits are needed, as `model.generate` asks too

@@ -51,13 +51,14 @@ class ModelSpec:
     heads: int = 4  # attention heads of the tower and of the language model
     words: str = "shapes"  # the word list of the word-level tokenizer (train/build.py WORD_LISTS)
     coordinate_init: str = "random"  # how `<0>`..`<bins>` start (modeling/positions.py COORDINATE_INITS)
-    vision_feature_norm: bool = False  # a LayerNorm (module `vision_norm`) on the tower's features
     # Both kinds:
+    vision_feature_norm: bool = False  # a LayerNorm (module `vision_norm`) on the tower's features
     connector: str = "mlp2x_gelu"  # vision features -> LM embeddings (modeling/connector.py CONNECTORS)
     template: str = "llama2"  # the chat template the finished model is used with (templates.py TEMPLATES)
     frame: str = "resize"  # how an image fits the square input (geometry.py FRAMES)
     vision_feature_layer: int = -2  # which tower layer the connector reads (-1: the last)
     image_position_embedding: str = "none"  # a fixed code on the visual tokens (modeling/positions.py)
+    region_marks: bool = False  # the user's boxes marked on the patch features (modeling/marks.py)
     location_codec: str = "text"  # how locations are written (location/__init__.py CODEC_NAMES)
     location_bins: int = 100  # coordinate bins of the text and tokens codecs
     # embedding codec: LocationHeadConfig overrides (l1_weight, giou_weight, cycle_weight, mask_decoder, ...)
@@ -66,7 +67,7 @@ class ModelSpec:
 
 SIZES = ("image_size", "patch_size", "vision_hidden", "vision_layers", "text_hidden", "text_layers", "heads")
 # The fields a model built from pretrained parts does not use, and the one a model from scratch does not.
-SCRATCH_ONLY = (*SIZES, "words", "coordinate_init", "vision_feature_norm")
+SCRATCH_ONLY = (*SIZES, "words", "coordinate_init")
 PRETRAINED_ONLY = ("dtype",)
 
 # Named overrides of ModelSpec. All three are MiniGPT-v2's architecture in miniature (plain resize, concat4

@@ -24,6 +24,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from .geometry import Frame
 from .images import CLIP_MEAN, CLIP_STD, ImageInput, ImageTransform, load_image
 from .location import GroundedObject, make_codec
+from .modeling.marks import mark_map
 from .records import BOX_SLOT
 from .templates import IMAGE_PLACEHOLDER, ChatTemplate, get_template
 from .visual_prompts import POINT_SLOT, with_points
@@ -47,6 +48,8 @@ class ProcessorConfig:
     std: tuple[float, float, float] = CLIP_STD
     pad_color: tuple[int, int, int] | None = None  # the `pad` frame's fill; None: the mean colour (LLaVA)
     max_length: int | None = None  # None: never truncate (truncation would cut image tokens or answers)
+    # The tower's patch grid side when the model marks the user's boxes on it (modeling/marks.py); 0: no marks.
+    mark_grid: int = 0
 
 
 class EmptyTargetError(ValueError):
@@ -63,6 +66,7 @@ class Encoded:
     pixel_values: torch.Tensor | None = None  # [3, S, S]
     meta: dict = field(default_factory=dict)
     locations: dict = field(default_factory=dict)  # the codec's `encode_locations` ({} for text codecs)
+    marks: torch.Tensor | None = None  # [G*G] the user's boxes on the patch grid (`mark_grid`), else None
 
 
 class GroundLMProcessor:
@@ -175,7 +179,11 @@ class GroundLMProcessor:
         locations = self.codec.encode_locations(
             turns, boxes_norm, input_ids, self.tokenizer, lambda i: self._object_mask(masks, i, frame)
         )
-        return Encoded(input_ids, labels, frame, locations=locations)
+        marks = None
+        if self.config.mark_grid and image:
+            pointed = {int(m.group(1)) for content, output in turns if not output for m in BOX_SLOT.finditer(content)}
+            marks = mark_map([boxes_norm[i] for i in sorted(pointed)], self.config.mark_grid)
+        return Encoded(input_ids, labels, frame, locations=locations, marks=marks)
 
     def _object_mask(self, masks: Sequence | None, i: int, frame: Frame | None):
         """The frame mask [S, S] (bool) of object `i`, or None when it has none."""
@@ -226,6 +234,10 @@ class GroundLMProcessor:
         pixels = [e.pixel_values for e in batch if e.pixel_values is not None]
         if pixels:
             out["pixel_values"] = torch.stack(pixels)  # [B_img, 3, S, S]
+            if self.config.mark_grid:
+                blank = torch.zeros(self.config.mark_grid**2)
+                marks = [e.marks if e.marks is not None else blank for e in batch if e.pixel_values is not None]
+                out["image_marks"] = torch.stack(marks)  # [B_img, G*G]
         location_inputs = self.codec.collate([e.locations for e in batch])
         if location_inputs is not None:
             out["location_inputs"] = location_inputs

@@ -11,6 +11,7 @@ groundlm's own decoding loop is `decoding.py`.
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModelForCausalLM, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
@@ -22,6 +23,7 @@ from transformers.utils.generic import can_return_tuple
 from .config import GroundLMConfig
 from .connector import QFormerConnector, build_connector
 from .location_heads import build_location_heads
+from .marks import RegionMark
 from .positions import image_position_codes
 from .vision import build_vision_tower, select_image_features
 
@@ -72,11 +74,13 @@ class GroundLMPreTrainedModel(PreTrainedModel):
     _supports_attention_backend = True
 
     def _init_weights(self, module: nn.Module) -> None:
-        """The library's default init (normal Linear/Embedding, unit norms) plus the Q-Former's queries."""
+        """The library's default init (normal Linear/Embedding, unit norms) plus the Q-Former's queries and the region mark."""
         super()._init_weights(module)
         if isinstance(module, QFormerConnector):
             # Distinct random queries, as BLIP-2 (LAVIS) does; zeros would keep every query identical.
             init.normal_(module.query_tokens, mean=0.0, std=module.qformer.config.initializer_range)
+        if isinstance(module, RegionMark):
+            init.normal_(module.vector, mean=0.0, std=1.0)  # unit scale, as RegionMark.reset_parameters says
 
 
 class GroundLMForConditionalGeneration(GroundLMPreTrainedModel, GenerationMixin):
@@ -92,6 +96,8 @@ class GroundLMForConditionalGeneration(GroundLMPreTrainedModel, GenerationMixin)
         # [B, N, C] features -> LayerNorm -> connector; None keeps the features as the tower gives them.
         self.vision_norm = nn.LayerNorm(config.vision_config.hidden_size) if config.vision_feature_norm else None
         self.connector = build_connector(config)
+        # The user's boxes marked on the patch features (marks.py); None unless config.region_marks.
+        self.region_mark = RegionMark(config.vision_config.hidden_size) if config.region_marks else None
         self.language_model = AutoModelForCausalLM.from_config(config.text_config)
         self.location_heads = build_location_heads(config)  # None unless the codec has heads (location_head)
         self.post_init()
@@ -113,8 +119,12 @@ class GroundLMForConditionalGeneration(GroundLMPreTrainedModel, GenerationMixin)
         """Replace the language model's lm_head."""
         self.language_model.set_output_embeddings(new_embeddings)
 
-    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Image features in the language model's width: [B, 3, H, W] -> [B, config.num_image_tokens, D]."""
+    def get_image_features(
+        self, pixel_values: torch.Tensor, image_marks: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Image features in the language model's width: [B, 3, H, W] -> [B, config.num_image_tokens, D].
+
+        `image_marks` [B, G*G]: the share of each patch the user's boxes cover (region_marks models only)."""
         features = select_image_features(
             self.vision_tower,
             pixel_values.to(self.vision_tower.dtype),
@@ -123,6 +133,9 @@ class GroundLMForConditionalGeneration(GroundLMPreTrainedModel, GenerationMixin)
         )  # [B, N, C]
         if self.vision_norm is not None:
             features = self.vision_norm(features)
+        if self.region_mark is not None and image_marks is not None:
+            cls = features.shape[1] - image_marks.shape[1]  # 1 when the CLS token is kept: never marked
+            features = self.region_mark(features, F.pad(image_marks, (cls, 0)))  # [B, N, C]
         tokens = self.connector(features)  # [B, N_img, D]
         if self.config.image_position_embedding == "sincos2d":
             tokens = tokens + self._image_codes(tokens)  # [N_img, D] broadcast over the batch
@@ -178,6 +191,7 @@ class GroundLMForConditionalGeneration(GroundLMPreTrainedModel, GenerationMixin)
         cache_position: torch.LongTensor | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         location_inputs: dict | None = None,
+        image_marks: torch.Tensor | None = None,
         **kwargs,
     ) -> GroundLMCausalLMOutputWithPast:
         """Embed the tokens, scatter in the image features, run the language model.
@@ -199,6 +213,8 @@ class GroundLMForConditionalGeneration(GroundLMPreTrainedModel, GenerationMixin)
                 at the trigger tokens (given, the location losses are computed and added to `loss` when `labels`
                 are given too); `trigger_masks` [N_trigger, S, S], the mask targets (frame). One dict rather
                 than a keyword per tensor, so a codec with other inputs needs no new argument here.
+            image_marks: [B_img, G*G] the user's boxes on the patch grid (region_marks models; marks.py),
+                with `pixel_values`.
             kwargs: passed to the language model (e.g. `num_items_in_batch` for the loss).
         """
         if (input_ids is None) == (inputs_embeds is None):
@@ -214,7 +230,7 @@ class GroundLMForConditionalGeneration(GroundLMPreTrainedModel, GenerationMixin)
                 )
             if self.config.image_token_id is None:
                 raise ValueError("config.image_token_id is not set, so the model cannot place image features")
-            image_features = self.get_image_features(pixel_values)  # [B_img, N_img, D]
+            image_features = self.get_image_features(pixel_values, image_marks)  # [B_img, N_img, D]
             inputs_embeds = self.merge_image_features(input_ids, inputs_embeds, image_features)
         heads = self.location_heads
         located = location_inputs or {}
@@ -265,6 +281,7 @@ class GroundLMForConditionalGeneration(GroundLMPreTrainedModel, GenerationMixin)
         self,
         input_ids: torch.LongTensor,
         pixel_values: torch.FloatTensor | None = None,
+        image_marks: torch.Tensor | None = None,
         is_first_iteration: bool | None = False,
         **kwargs,
     ) -> dict:
@@ -278,6 +295,7 @@ class GroundLMForConditionalGeneration(GroundLMPreTrainedModel, GenerationMixin)
         )
         if is_first_iteration or not kwargs.get("use_cache", True):
             model_inputs["pixel_values"] = pixel_values
+            model_inputs["image_marks"] = image_marks
         return model_inputs
 
 

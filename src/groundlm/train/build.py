@@ -32,6 +32,7 @@ from ..images import CLIP_MEAN, CLIP_STD
 from ..location import add_location_tokens, location_head_settings, make_codec
 from ..modeling import GroundLMConfig, GroundLMForConditionalGeneration, build_connector, load_vision_tower
 from ..modeling.location_heads import build_location_heads
+from ..modeling.marks import RegionMark
 from ..modeling.positions import init_coordinate_embeddings
 from ..presets import ModelSpec
 from ..processor import GroundLMProcessor, ProcessorConfig
@@ -160,6 +161,7 @@ def _processor(spec: ModelSpec, tokenizer, vision_config, mean, std) -> GroundLM
         std=std,
         location_bins=spec.location_bins,
         location_codec=spec.location_codec,
+        mark_grid=probe.image_size // probe.vision_config.patch_size if spec.region_marks else 0,
     )
     return GroundLMProcessor(tokenizer, config)
 
@@ -179,6 +181,7 @@ def _config(spec: ModelSpec, vision_config, text_config, processor: GroundLMProc
         location_codec=spec.location_codec,
         location_head=location_head_settings(tokenizer, processor.codec, spec.location_head),
         image_position_embedding=spec.image_position_embedding,
+        region_marks=spec.region_marks,
         pad_token_id=tokenizer.pad_token_id,
     )
 
@@ -245,6 +248,10 @@ def _from_parts(spec: ModelSpec, seed: int):
     model.language_model = lm
     torch.manual_seed(seed)
     model.connector = build_connector(config).to(dtype)
+    if config.vision_feature_norm:
+        model.vision_norm = torch.nn.LayerNorm(config.vision_config.hidden_size).to(dtype)
+    if config.region_marks:
+        model.region_mark = RegionMark(config.vision_config.hidden_size).to(dtype)
     if model.location_heads is not None:
         model.location_heads = build_location_heads(config).to(dtype)
     left = [n for n, p in [*model.named_parameters(), *model.named_buffers()] if p.is_meta]
