@@ -212,6 +212,27 @@ def demo(
     typer.echo(print_summary(metrics, out))
 
 
+@app.command("pretrain")
+def pretrain_cmd(
+    part: str = typer.Argument(..., help="The part to pretrain: tower (images only) or language (text only)."),
+    out: Path = typer.Option(..., "--out", help="Folder: the training run in OUT/run, the part in OUT/part."),
+    steps: int = typer.Option(None, "--steps", help="Train for this many steps instead of the recipe's."),
+) -> None:
+    """Pretrain one of the demo's parts as shipped in the package (groundlm/demo/parts/); resumes OUT/run."""
+    from .demo.parts import pretrain
+    from .train import RecipeError, TrainingStopped
+
+    try:
+        summary = pretrain(part, out, steps=steps)
+    except TrainingStopped as err:
+        typer.secho(str(err), fg=typer.colors.YELLOW, err=True)
+        raise typer.Exit(code=err.exit_code) from None
+    except (RecipeError, FileNotFoundError, FileExistsError, ValueError) as err:
+        _fail(str(err))
+        return
+    typer.echo(json.dumps(summary, indent=2))
+
+
 @app.command("export")
 def export_cmd(
     model: str = typer.Argument(..., help="Model directory."),

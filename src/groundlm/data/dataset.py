@@ -15,6 +15,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from ..geometry import Frame
 from ..images import ImageError, load_image
 from ..processor import Encoded, GroundLMProcessor
 from ..records import Record, read_jsonl
@@ -103,10 +104,13 @@ class RecordDataset:
             return None
         return load_image(self.image_root / record.image)
 
-    def encode(self, record: Record, image: Image.Image | None) -> Encoded:
-        """Encode one record with its (already loaded) image; raises `SampleError` naming the record."""
+    def encode(self, record: Record, image: Image.Image | None, *, frame: Frame | None = None) -> Encoded:
+        """Encode one record with its (already loaded) image; raises `SampleError` naming the record.
+
+        Without an image, `frame` (if given) normalises the boxes: a text-only record about an image.
+        """
         where = f"{self.name}: record {record.id!r}"
-        pixels = frame = None
+        pixels = None
         if image is not None:
             check_boxes(record, image.width, image.height, where)
             pixels, frame = self.processor.transform(image)

@@ -71,6 +71,8 @@ class ShapesSpec:
     scenes: int = 100_000
     eval_prompts: bool | None = None  # None: fixed prompts on val/test, pooled wording on train
     config: dict[str, Any] = field(default_factory=dict)  # ShapesConfig fields, e.g. {image_size: 64}
+    # The scene written as text before the instruction, no image (data/shapes/symbolic.py): a text-only stage.
+    symbolic: bool = False
 
 
 @dataclass

@@ -8,6 +8,7 @@ import dataclasses
 import os
 import types
 import typing
+from pathlib import Path
 from typing import Any
 
 
@@ -99,6 +100,13 @@ def build(cls: type, data: Any, where: str) -> Any:
     return cls(**kwargs)
 
 
+# A path under the installed package: `groundlm:demo/parts/shapes-tower` (the parts the demo ships with).
+PACKAGE_PREFIX = "groundlm:"
+
+
 def expand(path: str) -> str:
-    """`~` and environment variables expanded (recipes may say `$DATA/coco/records.jsonl`)."""
+    """`~` and environment variables expanded (recipes may say `$DATA/coco/records.jsonl`); `groundlm:REL` is
+    REL inside the installed groundlm package."""
+    if path.startswith(PACKAGE_PREFIX):
+        return str(Path(__file__).resolve().parents[1] / path[len(PACKAGE_PREFIX) :])
     return os.path.expandvars(os.path.expanduser(path))

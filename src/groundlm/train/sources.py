@@ -17,7 +17,9 @@ import numpy as np
 from ..data.dataset import LoadReport, RecordDataset, SampleError
 from ..data.mixture import Source
 from ..data.shapes import scene_at, scene_records
+from ..data.shapes.symbolic import with_scene
 from ..data.shards import ShardReader, read_index
+from ..geometry import Frame
 from ..images import ImageError, load_image
 from ..processor import Encoded, GroundLMProcessor
 from ..tasks import record_task
@@ -75,7 +77,12 @@ class ShapesSource:
                     # RecordDataset owns the record -> sample encoding (box checks, error naming).
                     self._encoder = RecordDataset(records, self.processor, name=self.name)
                 self.report.loaded += 1
-                sample = self._encoder.encode(records[0], scene.image)
+                if self.spec.symbolic:
+                    # No pixels: the boxes are normalised by the frame the image would have had.
+                    frame = Frame(scene.image.width, scene.image.height, self.processor.transform.frame)
+                    sample = self._encoder.encode(with_scene(records[0], scene.seed), None, frame=frame)
+                else:
+                    sample = self._encoder.encode(records[0], scene.image)
                 # The scene's exact masks, for objectives that look under every pixel (dense_patches).
                 sample.meta["objects"] = [DenseObject(o.box, o.label, o.mask) for o in scene.objects]
                 return sample
