@@ -1,8 +1,8 @@
 """MiniGPT-4's stage-2 data: a vision model describes each image at length, a chat LLM cleans the text, rules
 filter what is left.
 
-After MiniGPT-4's curation (Zhu et al., 2023, section 3.2; facts in docs/curation.md, from
-../shared/reference/minigpt.md section 6):
+After MiniGPT-4's curation (Zhu et al., "MiniGPT-4", 2023, section 3.2; the facts used are in
+docs/curation.md):
 
 1. the describer (a groundlm model: `--describer DIR`, or a server: `--describer-url`) is asked `describe.txt`
    about the image; when its answer is shorter than `continue_below_tokens` (80, as published) it is asked
