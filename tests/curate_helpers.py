@@ -22,7 +22,7 @@ try:  # module level: FastAPI resolves the handler's annotation by name
     from fastapi import Request
 except ImportError:  # pragma: no cover - the serve extra is installed for the tests
     Request = None
-from groundlm.records import read_jsonl
+from groundlm.records import read_jsonl, write_jsonl
 
 from .serve_helpers import ServerThread
 
@@ -122,8 +122,6 @@ def shapes_source(folder, n: int = 4):
     records = read_jsonl(path)
     sources = [r for r in records if r.meta["task"] == "caption"]
     source_path = folder / "captions.jsonl"
-    from groundlm.records import write_jsonl
-
     write_jsonl(source_path, sources)
     truth = {r.image: r for r in records if r.meta["task"] == "grounding"}
     return source_path, truth

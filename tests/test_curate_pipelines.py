@@ -63,7 +63,12 @@ def _marking_llm(truth: dict):
     assert len(marks) == len(truth), "the test needs scenes with distinct captions"
 
     def respond(body):
-        return json.dumps({"grounded": [marks[last_user(body).split("Text 1: ", 1)[1]]]})
+        texts = [line.split(": ", 1)[1] for line in last_user(body).splitlines() if line.startswith("Text ")]
+        grounded = []
+        for text in texts:  # the longest caption a text holds is this image's
+            caption = max((c for c in marks if c in text), key=len, default=None)
+            grounded.append(text.replace(caption, marks[caption], 1) if caption else text)
+        return json.dumps({"grounded": grounded})
 
     return respond, marks
 
@@ -147,10 +152,22 @@ def test_llava_instruct_on_shapesworld_writes_each_kind_and_a_dry_run_trains_on_
     line = f"{obj.label}: [{obj.box[0] / width:.3f}, {obj.box[1] / height:.3f}, {obj.box[2] / width:.3f}, " \
            f"{obj.box[3] / height:.3f}]"
     assert any(line in last_user(b) for b in server.bodies)
-    # GVC grounds the same scenes; a dry-run recipe trains on both outputs
+    # GVC grounds the captions and the conversations just written; a dry-run recipe trains on both outputs
     respond, _ = _marking_llm(truth)
     with ScriptedLLM(respond) as server:
-        _curate("gvc", str(source), "--out", str(tmp_path / "gvc.jsonl"), "--base-url", server.base_url)
+        output = _curate("gvc", str(source), str(tmp_path / "instruct.jsonl"), "--out", str(tmp_path / "gvc.jsonl"),
+                         "--base-url", server.base_url)
+    assert "16 records; 16 LLM requests" in output
+    grounded = {r.meta.get("grounded_from"): r for r in read_jsonl(tmp_path / "gvc.jsonl")}
+    assert "grounding      4" in _check(tmp_path / "gvc.jsonl")
+    for record in records:  # each llava-instruct record, its caption mention grounded as ShapesWorld does
+        chat = grounded[record.id]
+        caption = _caption(truth[record.image])
+        assert [m.role for m in chat.messages] == [m.role for m in record.messages]
+        for before, after in zip(record.messages, chat.messages, strict=True):
+            assert after.content == (before.content.replace(caption, truth[record.image].messages[1].content)
+                                     if before.role == "assistant" else before.content)
+        assert "<box:" in chat.messages[1].content or "<box:" in chat.messages[-1].content
     recipe = tiny_recipe(steps=1, data=[
         {"name": "instruct", "records": str(tmp_path / "instruct.jsonl"), "image_root": str(tmp_path)},
         {"name": "gvc", "records": str(tmp_path / "gvc.jsonl"), "image_root": str(tmp_path)},
