@@ -16,7 +16,7 @@ import typer
 from .cli_data import _fail
 
 
-def _progress_bar(total: int):
+def _progress_bar():
     """A rich progress bar on stderr (only in a terminal) with the tokens spent and the skips so far."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -24,7 +24,7 @@ def _progress_bar(total: int):
     console = Console(stderr=True)
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("{task.fields[status]}")]
-    return Progress(*columns, console=console, transient=True, disable=not console.is_terminal), total
+    return Progress(*columns, console=console, transient=True, disable=not console.is_terminal)
 
 
 def curate(
@@ -101,10 +101,10 @@ def curate(
         return
     session = C.Session(client, answers, settings, describer=seeing,
                         image_root=image_root or sources[0].parent)
-    bar, total = _progress_bar(len(subjects))
+    bar = _progress_bar()
     try:
         with bar:
-            task = bar.add_task(f"{pipeline}", total=total, status="")
+            task = bar.add_task(pipeline, total=len(subjects), status="")
 
             def advance(tally: C.Tally) -> None:
                 status = (f"{tally.prompt_tokens + tally.completion_tokens} tokens, {tally.cached} cached, "

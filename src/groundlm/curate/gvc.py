@@ -83,19 +83,19 @@ class GroundedChat:
         if subject.size is None:
             session.skip("no image size for the boxes")
             return []
-        units = [(f"caption-{k}", [Message("assistant", c)]) for k, c in enumerate(subject.captions)]
-        units += [(r.id, r.messages) for r in subject.conversations]
+        units = [(f"caption-{k}", [Message("assistant", c)], True) for k, c in enumerate(subject.captions)]
+        units += [(r.id, r.messages, False) for r in subject.conversations]
         if not units:
             session.skip("no captions or conversations")
         records = []
-        for name, messages in units:
+        for name, messages, caption in units:
             try:
                 grounded = self._ground(subject, messages, session)
             except Skip as skip:
                 session.skip(skip.reason)
                 continue
             if grounded is not None:
-                records.append(self._record(subject, name, messages, grounded, session))
+                records.append(self._record(subject, name, messages, grounded, session, caption))
         return records
 
     def _context(self, subject: Subject, messages: list[Message]) -> str:
@@ -137,8 +137,8 @@ class GroundedChat:
         return texts
 
     def _record(self, subject: Subject, name: str, messages: list[Message], grounded: list[str],
-                session: Session) -> Record:
-        if name.startswith("caption-"):
+                session: Session, caption: bool) -> Record:
+        if caption:
             rng = rng_for(self.settings["seed"], subject, name)
             turns = tasks.grounding(grounded[0], rng)
             meta = source_meta(self.name, session, task="grounding")
