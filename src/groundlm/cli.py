@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+from .cli_curate import curate
 from .cli_data import data_export, data_import, data_shard
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Grounded vision-language models.")
@@ -281,6 +282,8 @@ def serve(
     except (FileNotFoundError, ValueError) as err:
         _fail(str(err))
 
+
+app.command("curate")(curate)
 
 data_app = typer.Typer(no_args_is_help=True, help="Make, import, export, check and look at record files.")
 app.add_typer(data_app, name="data")
