@@ -181,9 +181,13 @@ def forced(lm, answers: list[str]):
     tok = lm.processor.tokenizer
     scripts = [tok(a, add_special_tokens=False)["input_ids"] + [lm.processor.stop_token_id] for a in answers]
     original = lm.model.generate
+    given = [0]  # scripts handed out so far: a family decoding row by row calls `generate` once per row
 
     def generate(*args, logits_processor=None, **kwargs):
-        processors = LogitsProcessorList([*(logits_processor or []), _Force(scripts)])
+        rows = kwargs["input_ids"].shape[0]
+        mine = scripts[given[0] : given[0] + rows]
+        given[0] += rows
+        processors = LogitsProcessorList([*(logits_processor or []), _Force(mine)])
         return original(*args, logits_processor=processors, **kwargs)
 
     lm.model.generate = generate

@@ -92,11 +92,11 @@ def load(
     where = resolve_device(device)
     precision = resolve_dtype(dtype)
     directory = _resolve(path, local_files_only)
-    from .backends import family_of, load_family, transformers_loop
+    from .backends import family_of, load_family
 
     if family_of(directory) is not None:  # Qwen2.5-VL, Florence-2, PaliGemma, Kosmos-2 (backends/)
         model, family = load_family(directory, precision)
-        return GroundLM(model.to(where).eval(), family, loop=transformers_loop)
+        return GroundLM(model.to(where).eval(), family, loop=family.loop)
     model = GroundLMForConditionalGeneration.from_pretrained(directory, local_files_only=True, dtype=precision)
     processor = GroundLMProcessor.from_pretrained(directory)
     return GroundLM(model.to(where).eval(), processor)

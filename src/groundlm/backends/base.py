@@ -32,6 +32,7 @@ from ..processor import IGNORE_INDEX, EmptyTargetError, Encoded
 from ..records import BOX_SLOT
 from ..templates import IMAGE_PLACEHOLDER
 from ..visual_prompts import POINT_SLOT, with_points
+from .generation import transformers_loop
 from .tasks import Asked, UnsupportedTask, read_task
 
 
@@ -76,6 +77,8 @@ class FamilyProcessor:
     chat = False  # whether the family takes a system prompt and multi-turn history
     tasks: tuple[str, ...] = ()  # the groundlm task tags the family has a prompt for
     needs_image = True  # whether every prompt must come with an image
+    # how the family's model decodes a batch (`GroundLM.loop`): its `generate` on the whole batch
+    loop = staticmethod(transformers_loop)
 
     def __init__(self, tokenizer, codec: LocationCodec, *, image_token: str, stop: str):
         self.tokenizer = tokenizer

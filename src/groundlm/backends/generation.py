@@ -90,4 +90,25 @@ def transformers_loop(
     model.generate(**inputs, generation_config=config, stopping_criteria=StoppingCriteriaList([steps]), **extra)
 
 
-__all__ = ["transformers_loop"]
+
+def row_by_row(model, inputs: dict, *, on_step: Callable[[Step], None], **settings) -> None:
+    """`transformers_loop` on each row alone (its padding removed), reporting `Step`s of the whole batch.
+
+    For a family whose batched `generate` is wrong with padding: Kosmos-2 numbers its positions by counting
+    non-pad tokens in the prompt but every cached token in later steps (transformers' Kosmos-2 drops the
+    position ids `generate` computes), so a left-padded row's answer would drift from the same row alone."""
+    rows = inputs["input_ids"].shape[0]
+    done = [False] * rows
+    for r in range(rows):
+        keep = inputs["attention_mask"][r].bool()  # [T]
+        single = {k: v[r : r + 1][:, keep] if v.dim() == 2 and v.shape[1] == keep.shape[0] else v[r : r + 1]
+                  for k, v in inputs.items() if k != "labels"}
+
+        def take(step: Step, r: int = r) -> None:
+            done[r] = step.done[0]
+            on_step(Step([step.tokens[0] if i == r else None for i in range(rows)], list(done)))
+
+        transformers_loop(model, single, on_step=take, **settings)
+
+
+__all__ = ["row_by_row", "transformers_loop"]

@@ -9,7 +9,8 @@ is `An image of` and `[vqa]` is `Question: {question} Answer:`. Kosmos-2 has no 
 
 Layout (the transformers processor's, tested against it): `<s>`, `<image>`, `latent_query_num` image
 positions (the processor's placeholder ids, replaced by the image embeddings where `image_embeds_position_mask`
-is 1), `</image>`, then the prompt. Frame: the image is squashed to 224 × 224 ("resize"); codec:
+is 1), `</image>`, then the prompt. A batch is decoded one row at a time: transformers' Kosmos-2 numbers the
+positions of a left-padded row wrongly after the prompt (`generation.row_by_row`). Frame: the image is squashed to 224 × 224 ("resize"); codec:
 `location/kosmos2.py` (32 × 32 patch indices). Fine-tuning Kosmos-2 through a recipe is not supported.
 """
 
@@ -24,6 +25,7 @@ from ..geometry import Frame
 from ..location import Kosmos2LocationCodec
 from ..processor import Encoded
 from .base import FamilyProcessor, FamilyTokens, Turn, answer_labels, padded, text_batch
+from .generation import row_by_row
 from .tasks import Asked
 
 PROMPTS = {
@@ -39,6 +41,7 @@ _IMAGE_AT = 2  # the first image position, after `<s>` and `<image>`
 class Kosmos2Family(FamilyProcessor):
     family = "Kosmos-2"
     tasks = tuple(PROMPTS)
+    loop = staticmethod(row_by_row)  # its batched generate misplaces padded rows (generation.row_by_row)
 
     def __init__(self, hf_processor, num_image_tokens: int):
         self.image_processor = hf_processor.image_processor
