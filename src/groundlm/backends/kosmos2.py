@@ -69,7 +69,9 @@ class Kosmos2Family(FamilyProcessor):
         ids = [tok.bos_token_id]
         if image is not None:
             ids += [tok.convert_tokens_to_ids(self.boi), *self.image_ids, tok.convert_tokens_to_ids(self.eoi)]
-        prompt = ids + tok(turns[0].text, add_special_tokens=False)["input_ids"]
+        # the processor writes the text after the image with one space (which `<grounding>` strips on its left)
+        text = (" " if image is not None else "") + turns[0].text.strip()
+        prompt = ids + tok(text, add_special_tokens=False)["input_ids"]
         answer = []
         if len(turns) > 1 and not add_generation_prompt:
             answer = tok(turns[1].text + tok.eos_token, add_special_tokens=False)["input_ids"]
