@@ -123,6 +123,10 @@ class FamilyProcessor:
         return UnsupportedTask(self.family, task, self.tasks)
 
     # ---- images ------------------------------------------------------------------------------------------
+    def transform(self, image) -> tuple[torch.Tensor, Frame]:
+        """A loaded PIL image's model input and frame (what `data/dataset.RecordDataset` calls)."""
+        return self.pixels(image)
+
     def image(self, source: ImageInput) -> tuple[torch.Tensor, Frame]:
         """Load `source` safely (images.py) and return the model's image input and its frame."""
         return self.pixels(load_image(source))
