@@ -199,3 +199,21 @@ def test_the_tool_harness_writes_boxes_in_fractions_of_the_original_image(lms, f
     fractions = [box[0] / 120, box[1] / 80, box[2] / 120, box[3] / 80]
     assert text.endswith("[" + ", ".join(f"{v:.4f}" for v in fractions) + "]")
     assert harness.prompt_for(prompt) == prompt
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "paligemma", "kosmos2"])
+def test_the_harness_scores_the_greedy_continuation_as_greedy(lms, family):
+    lm = lms[family]
+    harness = Harness(lm, batch_size=2)
+    encoded = lm.processor.prompt(scene(), [{"role": "user", "content": REFER}])
+    first = generated_ids(lm, [encoded])[0][:1]  # one token: random bytes beyond it may not be valid text
+    greedy = lm.processor.tokenizer.decode(first)
+    assert lm.processor.tokenizer(greedy, add_special_tokens=False)["input_ids"] == first
+    other = "xyz" if greedy != "xyz" else "abc"
+    (mine, is_greedy), (theirs, other_greedy) = harness.loglikelihood([(scene(), REFER, greedy), (scene(), REFER, other)])
+    assert is_greedy and not other_greedy and mine > theirs
+
+
+def test_florence2_refuses_to_score_continuations(lms):
+    with pytest.raises(ValueError, match="Florence-2 does not score continuations"):
+        Harness(lms["florence2"]).loglikelihood([(scene(), REFER, "a")])

@@ -77,6 +77,7 @@ class FamilyProcessor:
     chat = False  # whether the family takes a system prompt and multi-turn history
     tasks: tuple[str, ...] = ()  # the groundlm task tags the family has a prompt for
     needs_image = True  # whether every prompt must come with an image
+    scores_continuations = True  # whether the model's forward on prompt + continuation gives its log-likelihood
     # how the family's model decodes a batch (`GroundLM.loop`): its `generate` on the whole batch
     loop = staticmethod(transformers_loop)
 

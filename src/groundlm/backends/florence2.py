@@ -48,6 +48,7 @@ ALL_OBJECTS = "<OD>"  # `[detection]` without a class
 class Florence2Family(FamilyProcessor):
     family = "Florence-2"
     tasks = tuple(PROMPTS)
+    scores_continuations = False  # encoder-decoder: a continuation is the decoder's, not the prompt's tail
 
     def __init__(self, hf_processor):
         self.image_processor = hf_processor.image_processor
