@@ -115,6 +115,11 @@ class FamilyProcessor:
         """The batch as the model's keyword inputs (`labels` included)."""
         raise NotImplementedError
 
+    def save_pretrained(self, directory) -> None:
+        """Write the family's processor files (tokenizer, image processor, template) as its checkpoints hold
+        them, so a directory with the model's weights loads back through `groundlm.load` (a trained model)."""
+        raise NotImplementedError(f"{self.family}: saving its processor is not supported")
+
     def codec_for(self, frame: Frame | None) -> LocationCodec:
         """The codec that writes and reads the numbers of an image with `frame` (the same for every image
         unless a family's numbers depend on the image)."""
@@ -241,10 +246,19 @@ def text_batch(batch: Sequence[Encoded], pad_id: int, side: str) -> dict[str, to
     }
 
 
+def shrink(config, **sizes) -> None:
+    """Set `sizes` on a transformers sub-config; per-layer lists (`layer_types`) are cut to the new depth."""
+    for name, value in sizes.items():
+        setattr(config, name, value)
+    depth = sizes.get("num_hidden_layers")
+    if depth is not None and getattr(config, "layer_types", None):
+        config.layer_types = list(config.layer_types[:depth])
+
+
 def answer_labels(prompt: list[int], answer: list[int]) -> tuple[list[int], list[int]]:
     """Ids and labels of a prompt followed by its answer: the answer is the only target."""
     return prompt + answer, [IGNORE_INDEX] * len(prompt) + answer
 
 
 __all__ = ["EndOfAnswer", "FamilyConfig", "FamilyProcessor", "FamilyTokens", "Turn", "answer_labels", "padded",
-           "text_batch"]
+           "shrink", "text_batch"]

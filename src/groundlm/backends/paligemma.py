@@ -14,6 +14,7 @@ VQ-VAE decoder, which transformers does not ship, so no mask is decoded.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,7 +23,7 @@ import torch
 from ..geometry import Frame
 from ..location import PaliGemmaLocationCodec
 from ..processor import Encoded
-from .base import FamilyProcessor, FamilyTokens, Turn, answer_labels, padded, text_batch
+from .base import FamilyProcessor, FamilyTokens, Turn, answer_labels, padded, shrink, text_batch
 from .tasks import Asked
 
 PROMPTS = {"refer": "detect {}", "detection": "detect {}", "caption": "caption en", "vqa": "answer en {}"}
@@ -33,6 +34,7 @@ class PaliGemmaFamily(FamilyProcessor):
     tasks = tuple(PROMPTS)
 
     def __init__(self, hf_processor):
+        self.hf_processor = hf_processor
         self.image_processor = hf_processor.image_processor
         self.image_seq_length = int(hf_processor.image_seq_length)
         tokenizer = hf_processor.tokenizer
@@ -70,13 +72,33 @@ class PaliGemmaFamily(FamilyProcessor):
             out["pixel_values"] = torch.stack(pixels)  # [B, 3, S, S]
         return out
 
+    def save_pretrained(self, directory: str | Path) -> None:
+        self.hf_processor.save_pretrained(directory)
 
-def load(directory: Path, dtype: torch.dtype | None):
-    """The model and processor of a PaliGemma directory (transformers layout)."""
-    from transformers import AutoProcessor, PaliGemmaForConditionalGeneration
 
+def tiny_config(config):
+    """A copy of a PaliGemma config at a tiny size (2 Gemma layers 32 wide, 1 SigLIP layer), keeping what the
+    processor and tokenizer depend on: vocabulary, token ids, image and patch size (so image_seq_length)."""
+    config = copy.deepcopy(config)
+    shrink(config.text_config, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+           num_key_value_heads=1, head_dim=16)
+    shrink(config.vision_config, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+           projection_dim=32)
+    config.projection_dim = config.hidden_size = 32  # the projector maps the tower's width to the text width
+    return config
+
+
+def load(directory: Path, dtype: torch.dtype | None, *, tiny: bool = False):
+    """The model and processor of a PaliGemma directory (transformers layout); `tiny`: a random model of
+    `tiny_config` instead of the checkpoint's weights (what a recipe's dry run trains)."""
+    from transformers import AutoProcessor, PaliGemmaConfig, PaliGemmaForConditionalGeneration
+
+    processor = PaliGemmaFamily(AutoProcessor.from_pretrained(directory, local_files_only=True))
+    if tiny:
+        config = tiny_config(PaliGemmaConfig.from_pretrained(directory, local_files_only=True))
+        return PaliGemmaForConditionalGeneration(config).to(dtype), processor
     model = PaliGemmaForConditionalGeneration.from_pretrained(directory, local_files_only=True, dtype=dtype)
-    return model, PaliGemmaFamily(AutoProcessor.from_pretrained(directory, local_files_only=True))
+    return model, processor
 
 
-__all__ = ["PROMPTS", "PaliGemmaFamily", "load"]
+__all__ = ["PROMPTS", "PaliGemmaFamily", "load", "tiny_config"]

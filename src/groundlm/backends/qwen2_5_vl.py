@@ -19,6 +19,7 @@ video processor, which needs torchvision.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,7 @@ import torch
 from ..geometry import Frame
 from ..location import GroundedObject, LocationCodec, Qwen25VLLocationCodec
 from ..processor import IGNORE_INDEX, Encoded
-from .base import FamilyProcessor, FamilyTokens, Turn, text_batch
+from .base import FamilyProcessor, FamilyTokens, Turn, shrink, text_batch
 from .tasks import Asked
 
 LOCATE = 'Locate every object that matches the description "{}" in the image. Report bbox coordinates in JSON format.'
@@ -162,15 +163,40 @@ class Qwen25VLFamily(FamilyProcessor):
             out["image_grid_thw"] = torch.tensor([e.meta["grid"] for e in batch if e.pixel_values is not None])
         return out
 
+    def save_pretrained(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        self.tokenizer.save_pretrained(directory)
+        self.image_processor.save_pretrained(directory)
+        (directory / "chat_template.jinja").write_text(self.chat_template)
 
-def load(directory: Path, dtype: torch.dtype | None):
-    """The model and processor of a Qwen2.5-VL directory (transformers layout)."""
-    from transformers import AutoImageProcessor, AutoTokenizer, Qwen2_5_VLForConditionalGeneration
 
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(directory, local_files_only=True, dtype=dtype)
+def tiny_config(config):
+    """A copy of a Qwen2.5-VL config at a tiny size (2 text layers 32 wide, 1 vision block), keeping what the
+    processor and tokenizer depend on: vocabulary, token ids, patch, merge and window sizes."""
+    config = copy.deepcopy(config)
+    text = config.text_config
+    shrink(text, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+           num_key_value_heads=1)
+    # M-RoPE splits half the head dim (16 / 2 = 8) over time, height and width, as the published 16:24:24 does 64
+    text.rope_parameters = {**text.rope_parameters, "mrope_section": [2, 3, 3]}
+    shrink(config.vision_config, depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=32,
+           fullatt_block_indexes=[0])
+    return config
+
+
+def load(directory: Path, dtype: torch.dtype | None, *, tiny: bool = False):
+    """The model and processor of a Qwen2.5-VL directory (transformers layout); `tiny`: a random model of
+    `tiny_config` instead of the checkpoint's weights (what a recipe's dry run trains)."""
+    from transformers import AutoImageProcessor, AutoTokenizer, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
     tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
     image_processor = AutoImageProcessor.from_pretrained(directory, local_files_only=True)
-    return model, Qwen25VLFamily(tokenizer, image_processor, _chat_template(directory))
+    processor = Qwen25VLFamily(tokenizer, image_processor, _chat_template(directory))
+    if tiny:
+        config = tiny_config(Qwen2_5_VLConfig.from_pretrained(directory, local_files_only=True))
+        return Qwen2_5_VLForConditionalGeneration(config).to(dtype), processor
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(directory, local_files_only=True, dtype=dtype)
+    return model, processor
 
 
 def _chat_template(directory: Path) -> str | None:
@@ -188,4 +214,4 @@ def _chat_template(directory: Path) -> str | None:
     return None
 
 
-__all__ = ["InputPixels", "PROMPTS", "Qwen25VLFamily", "load"]
+__all__ = ["InputPixels", "PROMPTS", "Qwen25VLFamily", "load", "tiny_config"]
