@@ -62,17 +62,19 @@ def _holder(model: nn.Module) -> tuple[nn.Module, str]:
 
 
 def parts(model: nn.Module) -> dict[str, nn.Module]:
-    """The model's parts by path: its top-level modules, where the module holding the language model stands
-    for its children (groundlm: vision_tower, connector, language_model, ...; a family checkpoint:
-    model.visual or model.vision_tower, model.multi_modal_projector, model.language_model, lm_head)."""
+    """The model's parts by path: its top-level modules with parameters, where the module holding the language
+    model stands for its children (groundlm: vision_tower, connector, language_model, ...; a family
+    checkpoint: model.visual or model.vision_tower, model.multi_modal_projector, model.language_model, lm_head)."""
     lm = language_model_path(model)
-    out: dict[str, nn.Module] = {}
+    found: dict[str, nn.Module] = {}
     for name, child in model.named_children():
         if lm.startswith(name + "."):
-            out.update({f"{name}.{n}": m for n, m in child.named_children()})
+            found.update({f"{name}.{n}": m for n, m in child.named_children()})
         else:
-            out[name] = child
-    return out
+            found[name] = child
+    # parts with parameters of their own (a tied output layer is the embedding's, named there)
+    owned = [n for n, _ in model.named_parameters()]
+    return {path: m for path, m in found.items() if any(n.startswith(path + ".") for n in owned)}
 
 
 def merge_lora(model: nn.Module) -> list[str]:
