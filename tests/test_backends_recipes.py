@@ -13,12 +13,13 @@ import signal
 import pytest
 import torch
 import yaml
-from PIL import Image
+from PIL import Image, ImageDraw
 from safetensors.torch import load_file
 
 import groundlm
 from groundlm.backends import load_for_training
 from groundlm.data.shapes.records import write_shapes
+from groundlm.records import write_jsonl
 from groundlm.train import RecipeError, TrainHooks, TrainingStopped, checkpoint, dry_run, load_recipe, train
 from groundlm.train.build import build_for_recipe
 from groundlm.train.monitor import read_metrics
@@ -67,7 +68,7 @@ def losses(out) -> list[float]:
     return [row["loss"] for row in read_metrics(out / "metrics.jsonl")]
 
 
-def batch_of(recipe, model_dir=None):
+def batch_of(recipe, model_dir=None, rows=(0, 1)):
     """The recipe's first micro-batch as the loop builds it (its sources, the family's `pad`), and the model."""
     spec = recipe.model
     if model_dir is not None:
@@ -75,7 +76,7 @@ def batch_of(recipe, model_dir=None):
     model, processor = build_for_recipe(spec, seed=recipe.seed)
     data = build_sources(recipe.stages[0].data, processor, "test")
     name = recipe.stages[0].data[0].name
-    return model.eval(), processor, processor.pad(data.samples(name, [0, 1]), side="right")
+    return model.eval(), processor, processor.pad(data.samples(name, list(rows)), side="right")
 
 
 def mean_loss(model, batch) -> float:
@@ -89,6 +90,30 @@ def answers(model_dir):
     out = lm.ask(Image.new("RGB", (64, 48), (200, 40, 40)), "[refer] give me the location of the red circle",
                  max_new_tokens=6)
     return lm, out
+
+
+# A record's answer in each family's format: box (30, 20, 90, 60) of a 120 x 80 image
+ANSWER = {
+    "paligemma": "<loc0256><loc0256><loc0767><loc0767> red circle<eos>",
+    "qwen2_5_vl": '```json\n[{"bbox_2d": [28, 21, 84, 63], "label": "red circle"}]\n```<|im_end|>',
+}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_records_train_in_the_family_format_with_labels_on_the_answer_only(tmp_path, checkpoints, family):
+    image = Image.new("RGB", (120, 80), (240, 240, 240))
+    ImageDraw.Draw(image).ellipse([30, 20, 90, 60], fill=(200, 30, 30))
+    image.save(tmp_path / "a.png")
+    write_jsonl(tmp_path / "records.jsonl", [{
+        "id": "a", "image": "a.png", "objects": [{"box": [30, 20, 90, 60], "label": "red circle"}],
+        "messages": [{"role": "user", "content": "[refer] give me the location of the red circle"},
+                     {"role": "assistant", "content": "<p>red circle</p><box:0>"}],
+    }])
+    recipe = write_recipe(tmp_path, checkpoints[family], family, tmp_path / "records.jsonl",
+                          train={"model.language_model": 1e-3})
+    _, processor, batch = batch_of(recipe, rows=[0])
+    labelled = batch["input_ids"][0][batch["labels"][0] != -100].tolist()
+    assert processor.tokenizer.decode(labelled) == ANSWER[family]
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -122,7 +147,7 @@ def test_full_recipe_trains_every_part_and_halves_the_loss(tmp_path, checkpoints
     recipe = write_recipe(tmp_path, checkpoints[family], family, records, train=every)
     out = train(recipe, tmp_path / "out", progress=False)
     curve = losses(tmp_path / "out")
-    # measured: PaliGemma 7.26 -> 1.5, Qwen2.5-VL 5.56 -> 1.2
+    # measured: PaliGemma 7.12 -> 0.80, Qwen2.5-VL 5.60 -> 2.06
     assert curve[-1] < 0.5 * curve[0], curve
     before, after = load_file(checkpoints[family] / "model.safetensors"), load_file(out / "model.safetensors")
     towers = [k for k in before if "visual." in k or "vision_tower." in k]
