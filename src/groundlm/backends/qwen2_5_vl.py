@@ -187,7 +187,12 @@ def tiny_config(config):
 def load(directory: Path, dtype: torch.dtype | None, *, tiny: bool = False):
     """The model and processor of a Qwen2.5-VL directory (transformers layout); `tiny`: a random model of
     `tiny_config` instead of the checkpoint's weights (what a recipe's dry run trains)."""
-    from transformers import AutoImageProcessor, AutoTokenizer, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    from transformers import (
+        AutoImageProcessor,
+        AutoTokenizer,
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+    )
 
     tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
     image_processor = AutoImageProcessor.from_pretrained(directory, local_files_only=True)

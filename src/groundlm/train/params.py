@@ -21,6 +21,7 @@ from torch import nn
 
 from .recipe import LoraSpec, RecipeError, StageSpec
 
+
 def canonical_name(name: str) -> str:
     """A parameter name without peft's wrapper parts (`base_model.model.`, `.base_layer`)."""
     return name.replace("base_model.model.", "").replace(".base_layer", "")
