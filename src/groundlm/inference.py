@@ -9,6 +9,10 @@ Boxes the user points at go in as `<box:i>` slots in the prompt plus `boxes=[[x1
 
 Every answer is decoded by `GroundLM.generate` (the loop is `decoding.py`) and assembled by
 `GroundLM.answer_for`, whoever asks: `ask`, `ask_many`, `Chat.send` and the server.
+
+`load` also takes a transformers checkpoint of another family (Qwen2.5-VL, Florence-2, PaliGemma, Kosmos-2;
+`backends/`, docs/other-models.md): its `GroundLM` holds the family's processor and decodes with the family's
+own `generate` (`backends/generation.py`), and everything above works the same.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from .decoding import GREEDY, Sampling, generate, on_model
+from .decoding import GREEDY, Sampling, Step, generate, on_model
 from .devices import resolve_device, resolve_dtype
 from .geometry import Frame
 from .images import ImageInput
@@ -88,17 +92,33 @@ def load(
     where = resolve_device(device)
     precision = resolve_dtype(dtype)
     directory = _resolve(path, local_files_only)
+    from .backends import family_of, load_family
+
+    if family_of(directory) is not None:  # Qwen2.5-VL, Florence-2, PaliGemma, Kosmos-2 (backends/)
+        model, family = load_family(directory, precision)
+        return GroundLM(model.to(where).eval(), family, loop=family.loop)
     model = GroundLMForConditionalGeneration.from_pretrained(directory, local_files_only=True, dtype=precision)
     processor = GroundLMProcessor.from_pretrained(directory)
     return GroundLM(model.to(where).eval(), processor)
 
 
-class GroundLM:
-    """A model with its processor: the user-facing inference object."""
+def own_loop(model, inputs: dict, *, on_step: Callable[[Step], None], **settings) -> None:
+    """groundlm's decoding loop (`decoding.generate`), each `Step` handed to `on_step`."""
+    for step in generate(model, inputs, **settings):
+        on_step(step)
 
-    def __init__(self, model: GroundLMForConditionalGeneration, processor: GroundLMProcessor):
+
+class GroundLM:
+    """A model with its processor: the user-facing inference object.
+
+    `loop` decodes a batch, handing each `Step` to `on_step`: groundlm's own loop, or for another family's
+    model the family's `generate` (`backends.transformers_loop`)."""
+
+    def __init__(self, model: GroundLMForConditionalGeneration, processor: GroundLMProcessor, *,
+                 loop: Callable[..., None] = own_loop):
         self.model = model
         self.processor = processor
+        self.loop = loop
 
     @property
     def device(self) -> torch.device:
@@ -159,18 +179,20 @@ class GroundLM:
         stream = _TextStream(processor, stop, stop_strings, on_text) if on_text is not None else None
         ids: list[list[int]] = [[] for _ in range(rows)]
         done = [False] * rows
-        steps = generate(
-            self.model, inputs, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id,
-            stop_token_ids={stop_id if stop_id is not None else tok.eos_token_id}, sampling=sampling, hook=hook,
-            stop_text=_stop_text(tok, stop_strings) if stop_strings else None,
-        )
-        for step in steps:
-            done = step.done
+
+        def take(step: Step) -> None:
+            done[:] = step.done
             for row, token in enumerate(step.tokens):
                 if token is not None:
                     ids[row].append(token)
                     if stream is not None:
                         stream.update(row, ids[row])
+
+        self.loop(
+            self.model, inputs, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id,
+            stop_token_ids={stop_id if stop_id is not None else tok.eos_token_id}, sampling=sampling, hook=hook,
+            stop_text=_stop_text(tok, stop_strings) if stop_strings else None, on_step=take,
+        )
         frames = [e.frame for e in batch]
         masks = hook.masks(inputs.get("pixel_values"), frames) if hook is not None else [[] for _ in batch]
         out = []

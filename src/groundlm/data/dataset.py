@@ -122,7 +122,8 @@ class RecordDataset:
         except ValueError as err:
             raise SampleError(where, "bad conversation", str(err)) from err
         enc.pixel_values = pixels
-        enc.meta = {"id": record.id, "task": record.meta.get("task"), "source": self.name}
+        # kept: what a processor put there (a family processor's layout, backends/)
+        enc.meta = {**enc.meta, "id": record.id, "task": record.meta.get("task"), "source": self.name}
         return enc
 
     def load(self, index: int) -> Encoded:

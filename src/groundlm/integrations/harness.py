@@ -18,7 +18,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -140,6 +140,8 @@ class Harness:
         """For each (image, context, continuation): log P(continuation | context, image) summed over the
         continuation's tokens, and whether each of those tokens is the model's argmax (greedy would write it)."""
         processor, model = self.lm.processor, self.lm.model
+        if not getattr(processor, "scores_continuations", True):
+            raise ValueError(f"{processor.family} does not score continuations (docs/other-models.md)")
         out: list[tuple[float, bool]] = []
         for start in range(0, len(items), self.batch_size):
             chunk = items[start : start + self.batch_size]
@@ -148,7 +150,8 @@ class Harness:
                 enc = self._encode(_image(image), self.prompt_for(context))
                 cont = processor.tokenizer(continuation, add_special_tokens=False)["input_ids"]
                 ids = enc.input_ids + cont
-                batch.append(Encoded(ids, [IGNORE_INDEX] * len(ids), enc.frame, enc.pixel_values, locations=enc.locations))
+                # everything else of the prompt's encoding stays (a family processor's layout in `meta`)
+                batch.append(replace(enc, input_ids=ids, labels=[IGNORE_INDEX] * len(ids)))
                 spans.append((len(enc.input_ids), cont))
             inputs = {k: v.to(self.lm.device) for k, v in processor.pad(batch, side="right").items() if k != "labels"}
             if "pixel_values" in inputs:

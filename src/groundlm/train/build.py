@@ -10,7 +10,9 @@ tokenizer gains only what the processor needs (the `<image>` placeholder, a pad 
 pretrained tokenizer must keep tokenising text exactly as the language model learned it, so template markers
 stay plain text. From a whole model: a groundlm model directory, or a published checkpoint through an importer
 of `weights/` (`weights.IMPORTERS`), read strictly; what its weights fix (connector, feature layer, template,
-frame) must match the spec, and the spec's location codec is added on top (its tokens and heads). All end in
+frame) must match the spec, and the spec's location codec is added on top (its tokens and heads). A checkpoint
+of another family (`backends.TRAINABLE`: Qwen2.5-VL, PaliGemma) is the exception: it is loaded as it is with
+its family's processor (`backends.load_for_training`) and trains in its own layout. The others end in
 the same place: one `GroundLMConfig` (config.json) and one `ProcessorConfig`
 (groundlm_processor.json) derived from the spec, location-head settings and generation config set once.
 """
@@ -267,12 +269,15 @@ FIXED_BY_INIT = ("connector", "vision_feature_layer", "image_position_embedding"
 def _from_init(spec: ModelSpec, seed: int):
     """A whole model (`init_from`: a groundlm model directory, or a checkpoint an importer reads), with the
     spec's location codec on top: its missing tokens (rows at the mean) and, if it has them, new heads."""
+    from ..backends import TRAINABLE, load_for_training
     from ..weights import GROUNDLM, import_model, init_source
     from ..weights.directory import load_model
 
     source = init_source(spec.init_from)
     dtype = getattr(torch, spec.dtype)
     path = expand(source.path)
+    if source.kind in TRAINABLE:  # another family's checkpoint, trained as it is in its own layout (backends/)
+        return load_for_training(source.kind, Path(path), dtype, tiny=source.options.get("tiny", False))
     # A recipe's tower and language model are the parts an importer joins (LLaVA's stage-1 projector).
     parts = {n: expand(getattr(spec, n)) for n in ("vision_tower", "language_model") if getattr(spec, n)}
     if source.kind == GROUNDLM:

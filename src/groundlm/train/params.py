@@ -1,6 +1,10 @@
 """What trains in a stage: freezing, LoRA adapters (peft), parameter groups, train/eval modes and activation
 checkpointing, and stable parameter names.
 
+The language model (what LoRA adapts) is the model's shallowest module called `language_model`: groundlm's
+own, or `model.language_model` of a transformers family checkpoint (Qwen2.5-VL, PaliGemma; backends/), so the
+same code trains both (`parts` lists the modules a recipe's `train:` names).
+
 peft renames what it wraps (`language_model.base_model.model.…q_proj.base_layer.weight`). Checkpoints and
 module paths use *canonical* names with those wrapper parts removed, so a name means the same weight whether
 or not an adapter is attached, and a checkpoint written with adapters loads into a model rebuilt with them.
@@ -15,10 +19,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 
-from ..modeling import GroundLMForConditionalGeneration
 from .recipe import LoraSpec, RecipeError, StageSpec
-
-TOP_LEVEL = ("vision_tower", "connector", "language_model")
 
 
 def canonical_name(name: str) -> str:
@@ -47,13 +48,45 @@ def lora_config(spec: LoraSpec) -> LoraConfig:
     )
 
 
-def merge_lora(model: GroundLMForConditionalGeneration) -> list[str]:
+def language_model_path(model: nn.Module) -> str:
+    """The path of the model's language model: its shallowest module named `language_model`."""
+    found = [n for n, _ in model.named_modules() if n.rpartition(".")[2] == "language_model"]
+    if not found:
+        raise ValueError(f"{type(model).__name__} has no module called language_model to train")
+    return min(found, key=lambda n: n.count("."))
+
+
+def _holder(model: nn.Module) -> tuple[nn.Module, str]:
+    """The module holding the language model, and its attribute name there."""
+    parent, _, name = language_model_path(model).rpartition(".")
+    return (model.get_submodule(parent) if parent else model), name
+
+
+def parts(model: nn.Module) -> dict[str, nn.Module]:
+    """The model's parts by path: its top-level modules with parameters, where the module holding the language
+    model stands for its children (groundlm: vision_tower, connector, language_model, ...; a family
+    checkpoint: model.visual or model.vision_tower, model.multi_modal_projector, model.language_model, lm_head)."""
+    lm = language_model_path(model)
+    found: dict[str, nn.Module] = {}
+    for name, child in model.named_children():
+        if lm.startswith(name + "."):
+            found.update({f"{name}.{n}": m for n, m in child.named_children()})
+        else:
+            found[name] = child
+    # parts with parameters of their own (a tied output layer is the embedding's, named there)
+    owned = [n for n, _ in model.named_parameters()]
+    return {path: m for path, m in found.items() if any(n.startswith(path + ".") for n in owned)}
+
+
+def merge_lora(model: nn.Module) -> list[str]:
     """Fold the language model's adapters into its weights and drop them; returns the changed weights' names."""
-    lm = model.language_model
+    holder, name = _holder(model)
+    lm = getattr(holder, name)
     if not isinstance(lm, PeftModel):
         return []
-    changed = [canonical_name(f"language_model.{n}") for n, _ in lm.named_parameters() if ".base_layer." in n]
-    model.language_model = lm.merge_and_unload()
+    path = language_model_path(model)
+    changed = [canonical_name(f"{path}.{n}") for n, _ in lm.named_parameters() if ".base_layer." in n]
+    setattr(holder, name, lm.merge_and_unload())
     return changed
 
 
@@ -61,9 +94,7 @@ def _shape(spec: LoraSpec | None) -> tuple | None:
     return None if spec is None else (spec.r, spec.alpha, spec.dropout, tuple(spec.target_modules))
 
 
-def set_lora(
-    model: GroundLMForConditionalGeneration, current: LoraSpec | None, wanted: LoraSpec | None
-) -> list[str]:
+def set_lora(model: nn.Module, current: LoraSpec | None, wanted: LoraSpec | None) -> list[str]:
     """Make the model carry the adapters of `wanted`, given that it carries those of `current`.
 
     Same shape (r, alpha, dropout, targets; the learning rate may differ): the adapters stay and keep
@@ -77,7 +108,8 @@ def set_lora(
         with warnings.catch_warnings():
             # peft reads transformers' deprecated `is_gradient_checkpointing`; nothing for a user to act on.
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-            model.language_model = get_peft_model(model.language_model, lora_config(wanted))
+            holder, name = _holder(model)
+            setattr(holder, name, get_peft_model(getattr(holder, name), lora_config(wanted)))
     return changed
 
 
@@ -90,7 +122,7 @@ def _module_of(name: str, paths: Iterable[str]) -> str | None:
     return best
 
 
-def configure_trainable(model: GroundLMForConditionalGeneration, stage: StageSpec, where: str) -> list[dict]:
+def configure_trainable(model: nn.Module, stage: StageSpec, where: str) -> list[dict]:
     """Freeze everything but the stage's modules and adapters; return AdamW parameter groups.
 
     Each trained module gets two groups at its learning rate: weights with >= 2 dims decay, biases and norm
@@ -105,7 +137,7 @@ def configure_trainable(model: GroundLMForConditionalGeneration, stage: StageSpe
         if not matched:
             raise RecipeError(
                 f"{where}.train.{path}: matches no parameter of the model (modules are paths such as "
-                f"{', '.join(TOP_LEVEL)} or connector.linear)"
+                f"{', '.join(parts(model))} or one of their submodules)"
             )
     for name, p in params.items():
         if is_lora(name):
@@ -134,11 +166,10 @@ def configure_trainable(model: GroundLMForConditionalGeneration, stage: StageSpe
     return out
 
 
-def set_train_modes(model: GroundLMForConditionalGeneration) -> None:
-    """Training mode for modules that learn; a top-level module with nothing to learn runs as at inference."""
+def set_train_modes(model: nn.Module) -> None:
+    """Training mode for modules that learn; a part (`parts`) with nothing to learn runs as at inference."""
     model.train()
-    for name in TOP_LEVEL:
-        module = getattr(model, name)
+    for module in parts(model).values():
         if not any(p.requires_grad for p in module.parameters()):
             module.eval()
 

@@ -156,6 +156,22 @@ class Recipe:
 # Checks and defaults
 
 
+# What a checkpoint of another family (backends.TRAINABLE) brings itself, in its own layout: a recipe that
+# starts from one leaves these model fields unset.
+FAMILY_FIXED = (
+    "vision_tower", "language_model", "connector", "template", "frame", "vision_feature_layer",
+    "image_position_embedding", "location_codec", "location_bins", "location_head",
+)  # fmt: skip
+
+
+def family_kind(m: ModelSpec) -> str | None:
+    """The family (a key of `backends.TRAINABLE`) whose checkpoint the model starts from, else None."""
+    from ..backends import TRAINABLE
+
+    kind = getattr(m.init_from, "kind", None)
+    return kind if kind in TRAINABLE else None
+
+
 class FrameWarning(UserWarning):
     """A recipe's `model.frame` differs from the frame its location codec's published format refers to."""
 
@@ -170,6 +186,13 @@ def _check_model(m: ModelSpec, where: str) -> None:
             m.init_from = init_source(m.init_from)  # the mapping form is what the saved recipe holds
         except ValueError as err:
             raise RecipeError(f"{where}.{err}") from None
+        kind = family_kind(m)
+        for name in FAMILY_FIXED if kind else ():
+            if getattr(m, name) != field_default(name):
+                raise RecipeError(
+                    f"{where}.{name}: a {kind} checkpoint brings its own (its layout, prompts and location "
+                    "format; docs/other-models.md); leave it unset"
+                )
     pretrained = m.vision_tower is not None or m.language_model is not None
     if m.preset is not None and pretrained:
         raise RecipeError(f"{where}: give either preset or vision_tower + language_model, not both")
@@ -305,6 +328,34 @@ def _check_stage(s: StageSpec, where: str) -> None:
         raise RecipeError(f"{where}.lora: need r >= 1 and at least one target module")
 
 
+def _check_family_stage(s: StageSpec, kind: str, where: str) -> None:
+    """What a stage training a family checkpoint (backends.TRAINABLE) cannot do: its batches carry the
+    family's own inputs and its answers the family's own location format."""
+    from ..backends import TRAINABLE
+
+    refused = [
+        ("objective", s.objective != "lm", "trains with objective: lm only (dense_patches reads a groundlm tower)"),
+        ("template", s.template is not None, "writes conversations in its own layout; drop template"),
+        ("packing", s.packing, "batches carry the family's own inputs, which packed rows do not; set it false"),
+        ("group_by_length", s.group_by_length, "batches are not regrouped; set it false"),
+        ("coordinate_sigma", s.coordinate_sigma is not None, "writes locations in its own format, without "
+         "groundlm's coordinate tokens; drop coordinate_sigma"),
+        ("strategy", s.strategy != "ddp", "trains with strategy: ddp only (fsdp and deepspeed are not tested "
+         "with these checkpoints)"),
+    ]  # fmt: skip
+    for name, bad, why in refused:
+        if bad:
+            raise RecipeError(f"{where}.{name}: a {kind} checkpoint {why}")
+    tasks = TRAINABLE[kind].tasks
+    for j, source in enumerate(s.data):
+        unknown = [t for t in source.shapes.tasks if t not in tasks] if source.shapes else []
+        if unknown:
+            raise RecipeError(
+                f"{where}.data[{j}].shapes.tasks: {kind} has no prompt for {unknown}; it trains on "
+                f"{[t for t in SHAPES_TASKS if t in tasks]}"
+            )
+
+
 def shapes_config(spec: ShapesSpec) -> ShapesConfig:
     """The `ShapesConfig` of a shapes source (YAML lists become the tuples the config wants)."""
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in spec.config.items()}
@@ -330,6 +381,8 @@ def resolve(recipe: Recipe, *, world_size: int = 1, where: str = "recipe") -> Re
                 )
             _check_source(source, f"{at}.data[{j}]")
         _check_stage(stage, at)
+        if family_kind(recipe.model):
+            _check_family_stage(stage, family_kind(recipe.model), at)
         if stage.warmup_steps is None:
             stage.warmup_steps = round(stage.warmup_ratio * stage.steps)
         if stage.global_batch is not None:
@@ -446,6 +499,8 @@ def dry_run(recipe: Recipe, *, steps: int = 2, scenes: int = 200) -> Recipe:
     absent data.
 
     A model's `init_from` that exists on this machine is kept, like records files (the dry run then loads it);
+    a checkpoint of another family (`family_kind`) becomes a tiny random model of its architecture with its own
+    tokenizer and processor (so its files must be here, its weights need not), trained on the family's tasks;
     otherwise the stand-in model keeps every other knob of the recipe's model (connector, template, frame, codec, ...),
     so the dry run goes through the same code paths (LoRA, templates per stage, gradient checkpointing,
     precision) as the real one. Records files that exist on this machine are kept; the others become ShapesWorld
@@ -454,7 +509,23 @@ def dry_run(recipe: Recipe, *, steps: int = 2, scenes: int = 200) -> Recipe:
     r = dataclasses.replace(recipe, stages=[dataclasses.replace(s) for s in recipe.stages])
     tiny = get_preset("tiny")
     start = recipe.model.init_from
-    if start is None or not Path(expand(start.path)).exists():
+    family = family_kind(recipe.model)
+    stand_in = ShapesSpec()
+    if family is not None:
+        # The family's architecture at a tiny size, random, with the checkpoint's own tokenizer and processor:
+        # the recipe's prompts, location format, LoRA targets and saving run as in the real run, in seconds.
+        if not Path(expand(start.path)).is_dir():
+            raise RecipeError(
+                f"{recipe.name} (dry run): model.init_from.path: {start.path} not found; the dry run of a "
+                f"{family} recipe needs the checkpoint's config, tokenizer and processor files (not its weights)"
+            )
+        r.model = dataclasses.replace(
+            recipe.model, init_from=dataclasses.replace(start, options={**start.options, "tiny": True})
+        )
+        from ..backends import TRAINABLE
+
+        stand_in = ShapesSpec(tasks=[t for t in SHAPES_TASKS if t in TRAINABLE[family].tasks])
+    elif start is None or not Path(expand(start.path)).exists():
         r.model = dataclasses.replace(
             recipe.model,
             preset="tiny",
@@ -469,7 +540,8 @@ def dry_run(recipe: Recipe, *, steps: int = 2, scenes: int = 200) -> Recipe:
         for source in stage.data:
             given = source.records or source.shards
             if given is not None and not Path(expand(given)).exists():
-                source = SourceSpec(name=source.name, ratio=source.ratio, shapes=ShapesSpec(scenes=scenes))
+                shapes = dataclasses.replace(stand_in, scenes=scenes)
+                source = SourceSpec(name=source.name, ratio=source.ratio, shapes=shapes)
             data.append(source)
         stage.data = data
         stage.steps = steps

@@ -107,18 +107,33 @@ def import_model(kind: str, src: str | Path, out: str | Path, **options: Any) ->
     return out
 
 
+# The option a family checkpoint takes in `init_from` (backends.load_for_training): a tiny random model of its
+# architecture with its own tokenizer and processor, what a dry run trains.
+FAMILY_OPTIONS = ("tiny",)
+
+
 def init_source(value) -> Any:
     """A `presets.InitFrom` from a recipe's `init_from`: an InitFrom, `PATH` (a groundlm model directory) or
-    `KIND:PATH` (KIND a name in IMPORTERS); a ValueError names an unknown kind."""
+    `KIND:PATH` (KIND a name in IMPORTERS, or a family of `backends.TRAINABLE`, whose checkpoint is trained
+    as it is, in its own layout); a ValueError names an unknown kind."""
+    from ..backends import TRAINABLE
     from ..presets import InitFrom
 
+    kinds = [GROUNDLM, *IMPORTERS, *TRAINABLE]
     if isinstance(value, str):
         kind, sep, rest = value.partition(":")
-        value = InitFrom(path=rest, kind=kind) if sep and kind in IMPORTERS else InitFrom(path=value)
-    if value.kind != GROUNDLM and value.kind not in IMPORTERS:
-        raise ValueError(f"init_from.kind: {value.kind!r} is not one of {[GROUNDLM, *IMPORTERS]}")
+        value = InitFrom(path=rest, kind=kind) if sep and kind in kinds[1:] else InitFrom(path=value)
+    if value.kind not in kinds:
+        raise ValueError(f"init_from.kind: {value.kind!r} is not one of {kinds}")
     if value.kind == GROUNDLM and value.options:
         raise ValueError("init_from.options: a groundlm model directory takes no options")
+    if value.kind in TRAINABLE:
+        unknown = sorted(set(value.options) - set(FAMILY_OPTIONS))
+        if unknown or not all(isinstance(v, bool) for v in value.options.values()):
+            raise ValueError(
+                f"init_from.options: a {value.kind} checkpoint takes only {list(FAMILY_OPTIONS)} (true or false), "
+                f"got {value.options}"
+            )
     return value
 
 
