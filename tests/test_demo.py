@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
 import pytest
 from typer.testing import CliRunner
@@ -26,7 +27,11 @@ from groundlm.demo import (
     scale_recipe,
 )
 from groundlm.demo.calibrate import stage_speeds
+from groundlm.demo.page_examples import ask_examples, examples_section, is_right
+from groundlm.evaluate.runner import record_question
+from groundlm.geometry import Frame
 from groundlm.presets import new_model
+from groundlm.serve.examples import PAGE_EXAMPLES, example_record
 from groundlm.train import load_recipe, train
 from groundlm.train.control import TrainHooks
 from groundlm.train.monitor import read_metrics
@@ -215,6 +220,48 @@ def test_a_recipe_starting_from_a_pretrained_model_is_probed_and_keyed_by_its_pa
     assert calibrate.machine_key(recipe) != key
 
 
+class _ScriptedLM:
+    """Answers every page example with its record's reference written in the text codec, boxes moved by `shift`
+    pixels (0: every answer right; a third of the scene: every box wrong) and text answers replaced when
+    `wrong`: right or wrong is then known before the report is asked."""
+
+    def __init__(self, lm, shift: float = 0.0):
+        self.lm, self.processor, self.shift = lm, lm.processor, shift
+        self.references = {}
+        for example in PAGE_EXAMPLES:
+            _, record = example_record(example)
+            self.references[record_question(record)[0]] = record.messages[1].content
+
+    def ask(self, image, prompt, *, boxes=()):
+        frame = Frame(image.width, image.height, "resize")
+        moved = [[min(v + self.shift, 64.0) for v in b] for b in boxes]
+        reference = self.references[prompt] if not self.shift else re.sub(r"^\w+$", "nothing", self.references[prompt])
+        text = self.processor.codec.render(reference, [frame.normalize(b) for b in moved])
+        return self.lm.answer_for(text, frame)
+
+
+def test_the_page_examples_are_asked_and_judged_from_the_answers(tmp_path):
+    lm = groundlm.load(new_model(tmp_path / "tiny", "tiny"))
+    tasks = {e.task for e in PAGE_EXAMPLES}
+    assert {"refer", "grounding", "vqa"} <= tasks and 4 <= len(PAGE_EXAMPLES) <= 6
+    right = ask_examples(_ScriptedLM(lm))
+    assert [r["right"] for r in right] == [True] * len(PAGE_EXAMPLES)
+    assert right[0]["prediction"].startswith("{<") and right[0]["expected"].startswith("[")  # pixels
+    wrong = ask_examples(_ScriptedLM(lm, shift=22.0))
+    assert [r["right"] for r in wrong] == [False] * len(PAGE_EXAMPLES)
+    # a real (untrained) model: its answers are judged by the same rule
+    rows = ask_examples(lm)
+    assert [r["right"] for r in rows] == [is_right(r) for r in rows]
+    section = examples_section(rows, tmp_path / "tiny").splitlines()
+    assert section[0] == "## The web page's examples"
+    assert f"{sum(r['right'] for r in rows)} of {len(rows)}" in section[2]
+    table = section[4:]
+    assert table[0] == "| scene | task | prompt | answer | expected | right |" and len(table) == 2 + len(rows)
+    for line, r in zip(table[2:], rows, strict=True):
+        assert line.startswith(f"| {r['scene']} | {r['task']} | `{r['prompt']}` |")
+        assert line.endswith("| yes |" if r["right"] else "| no |")
+
+
 def test_demo_pipeline_at_a_tiny_budget(tmp_path, monkeypatch):
     # The shapes recipe at 2 steps per stage, evaluated on 3 test scenes (one prompt per task each); the
     # first run on a "new machine" (an empty cache) measures its speeds first.
@@ -224,7 +271,8 @@ def test_demo_pipeline_at_a_tiny_budget(tmp_path, monkeypatch):
     tasks = {"caption", "vqa", "refer", "identify", "grounding", "detection", "segmentation", "region_chat"}
     assert tasks <= set(metrics)
     report = (out / "report.md").read_text()
-    assert "| refer | Acc@0.5 |" in report and "![loss per step](loss.png)" in report
+    assert "| refer | Acc@0.5 |" in report and "| 0.80 | 0.95 |" in report and "![loss per step](loss.png)" in report
+    assert "## The web page's examples" in report and "thin grey, the scene's other objects" in report
     assert "examples/refer-" in report and (out / "loss.png").stat().st_size > 1000
     info = json.loads((out / "demo.json").read_text())
     assert [s["stage"] for s in info["stages"]] == [s.name for s in load_recipe("shapes").stages]
@@ -236,6 +284,7 @@ def test_demo_pipeline_at_a_tiny_budget(tmp_path, monkeypatch):
         info["probe_seconds"] + info["train_seconds"] + info["eval_seconds"], abs=0.2
     )
     assert info["shortened"] == {}  # 2 steps per stage is the least a stage runs
+    assert info["page_examples"]["total"] == len(PAGE_EXAMPLES)
     lm = groundlm.load(out / "model")
     assert lm.model.config.image_position_embedding == "sincos2d"
     # A second demo into the same folder replaces the first; any other non-empty folder is refused.

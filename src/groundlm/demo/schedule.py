@@ -126,7 +126,7 @@ class StageFitter:
     WINDOW_SECONDS = 240.0  # the readings the pace is the median of
     SETTLE_SECONDS = 120.0  # no cut before this much of the run (or SETTLE_SHARE of a short plan) is read
     SETTLE_SHARE = 0.2
-    MIN_SHARE = 0.25  # the least share of its planned steps a shortened stage keeps
+    MIN_SHARE = 0.25  # the least share of its planned steps a shortened stage keeps (and 2 steps)
     MARGIN = 0.98  # a cut fits the steps into this share of the time left
     GIVE_BACK = 0.05  # the least share of its planned steps worth giving back to a stage not begun
 
@@ -198,7 +198,7 @@ class StageFitter:
             if share * planned[index] < done and rest > 0:  # this stage has run past its share: it ends
                 share = budget / rest  # now, and the later stages share what is left
             share = max(share, self.MIN_SHARE)
-            self._steps[index] = min(steps, max(done, 1, round(share * planned[index])))
+            self._steps[index] = min(steps, max(done, 2, round(share * planned[index])))
             for i in later:
                 self._steps[i] = min(planned[i], max(2, round(share * planned[i])))
             return
