@@ -29,7 +29,15 @@ from ..train import load_recipe, train
 from ..train.control import TrainHooks
 from .calibrate import stage_speeds
 from .page_examples import ask_examples, examples_section
-from .schedule import OVERRUN_MINUTES, PROBE_MINUTES, DemoConfig, StageFitter, budget_minutes, fixed_minutes, scale_recipe
+from .schedule import (
+    OVERRUN_MINUTES,
+    PROBE_MINUTES,
+    DemoConfig,
+    StageFitter,
+    budget_minutes,
+    fixed_minutes,
+    scale_recipe,
+)
 
 # The targets by task: (floor, goal). The floor is the least acceptable score, the goal what the demo
 # aims at; a task without an entry (caption) is reported only.
