@@ -3,9 +3,9 @@
 
 The model (the `tiny` preset with the demo's position codes: `sincos2d` on the visual tokens, `sincos` on the
 coordinate tokens) trains on ShapesWorld scenes of one object, REC only, with `groundlm.train.train` from a
-recipe, then answers 20 test scenes of one object by greedy generation through the evaluation runner. Chance
-(a box guessed without looking) scores about 0.05; the trained model, with this seed, 0.80 (docs/recipes.md,
-"A model that learns in a test"). One thread, as `make test` runs.
+recipe, then answers 20 test scenes of one object by greedy generation through the evaluation runner. With
+this seed the trained model scores 0.80 (16 of 20, mean IoU 0.59); 300 steps give 0.45 (docs/recipes.md,
+"A model that learns in a test"). One thread (the `one_thread` fixture), as `make test` runs.
 """
 
 from __future__ import annotations
