@@ -22,8 +22,8 @@ from PIL import Image
 
 from groundlm.inference import GroundLM
 
-# The fixed answer as the tiny model's word-level tokenizer decodes it (tokens joined by spaces).
-FIXED_ANSWER = "<p> red circle </p> { <10> <20> <60> <70> }"
+# The fixed answer as the tiny model's word-level tokenizer decodes it (MiniGPT-v2's spacing).
+FIXED_ANSWER = "<p>red circle</p> {<10><20><60><70>}"
 
 
 class ScriptedModel:

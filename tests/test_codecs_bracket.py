@@ -248,7 +248,8 @@ def test_word_level_tokenizer_round_trip(name):
     ids = tokenizer(text)["input_ids"]
     assert tokenizer.unk_token_id not in ids
     decoded = tokenizer.decode(ids, skip_special_tokens=True)
-    assert decoded != text  # the decoding is spaced out: `[ 0 . 100 , ...`
+    # the decoding joins what the pre-tokenizer split: no `[ 0 . 100 ,`, at most a space after `,` and `;`
+    assert "[ " not in decoded and " ." not in decoded and ". " not in decoded and " ," not in decoded
     assert [(o.phrase, o.box_norm) for o in codec.parse(decoded)] == [(o.phrase, o.box_norm) for o in codec.parse(text)]
     assert codec.strip(decoded) == "the cat and two dogs"
     assert [CODECS[n].frame for n in ("shikra", "llava", "ferret", "cogvlm")] == ["pad", "pad", "resize", "resize"]

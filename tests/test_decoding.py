@@ -84,7 +84,7 @@ def test_a_stub_model_respects_max_new_tokens(lm):
 
 def test_stop_strings_end_a_row_and_are_cut(lm):
     (g,) = FixedAnswerLM(lm).generate(_batch(lm)[:1], 64, stop=["</p>"])
-    assert g.answer.text == "<p> red circle " and g.finish_reason == "stop"
+    assert g.answer.text == "<p>red circle" and g.finish_reason == "stop"
     assert g.completion_tokens == 4  # <p> red circle </p>: decoding ended at the stop string
 
 

@@ -5,7 +5,9 @@ This checks the plumbing, not the accuracy (docs/recipes.md has the measured num
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 
 import pytest
 from typer.testing import CliRunner
@@ -15,6 +17,7 @@ from groundlm.cli import app
 from groundlm.demo import (
     DEFAULT_MINUTES,
     EVAL_SCENES,
+    OVERRUN_MINUTES,
     SUSTAINED_SPEED,
     DemoConfig,
     StageFitter,
@@ -24,6 +27,11 @@ from groundlm.demo import (
     scale_recipe,
 )
 from groundlm.demo.calibrate import stage_speeds
+from groundlm.demo.page_examples import ask_examples, examples_section, is_right
+from groundlm.evaluate.runner import record_question
+from groundlm.geometry import Frame
+from groundlm.presets import new_model
+from groundlm.serve.examples import PAGE_EXAMPLES, example_record
 from groundlm.train import load_recipe, train
 from groundlm.train.control import TrainHooks
 from groundlm.train.monitor import read_metrics
@@ -58,45 +66,94 @@ def test_the_budget_scales_every_stage_deterministically():
         scale_recipe(recipe, 10, seed=0, speeds={"vision": 1.0})
 
 
-def test_a_stage_behind_the_planned_pace_is_shortened_to_fit_the_budget():
-    recipe = load_recipe("shapes")  # vision 900 x 64, tasks 700 x 64
-    speeds = {"vision": 64.0, "tasks": 64.0}  # one step per second: vision planned 900 s, tasks 700 s
-    now = [0.0]
-    fit = StageFitter(recipe, speeds, start=0.0, deadline=1800.0, clock=lambda: now[0])
-    vision, tasks = recipe.stages
-    assert fit(0, vision, 0) == 900  # the first stage starts as planned
-    now[0] = 990.0  # 1.1x slower than planned: the tasks stage needs 770 s, 810 are left
-    assert fit(1, tasks, 0) == 700 and fit.shortened == {}
-    now[0] = 1260.0  # 1.4x slower: 980 s needed, 540 left -> the steps that fit, less 2%
-    assert fit(1, tasks, 0) == int(0.98 * 540 / 1.4) and fit.shortened == {"tasks": (700, 378)}
-    now[0] = 5000.0  # past the budget: the least a stage runs
-    assert fit(1, tasks, 0) == 2
-
-
-def test_a_running_stage_is_checked_at_its_own_pace():
-    recipe = load_recipe("shapes")
-    speeds = {"vision": 64.0, "tasks": 64.0}
-    now = [0.0]
-    fit = StageFitter(recipe, speeds, start=0.0, deadline=1800.0, clock=lambda: now[0])
-    vision, tasks = recipe.stages
-    assert fit(0, vision, 0) == 900
-    now[0] = 100.0  # on pace: 100 steps in 100 s
-    assert fit(0, vision, 100) == 900 and fit.shortened == {}
-    now[0] = 102.0
-    assert fit(0, vision, 101) == 900  # checked every 25 steps only
-    now[0] = 300.0  # 2 s a step: vision needs 1500 more s and tasks 1400, 1500 are left in all
-    steps = fit(0, vision, 150)
-    assert steps == 150 + int(0.98 * (1500 - 1400) / 2.0) and fit.shortened == {"vision": (900, steps)}
-    now[0] = 320.0  # the shortened stage on that pace: nothing more to cut
-    assert fit(0, replace_steps(vision, steps), 175) == steps
-    now[0] = 1500.0  # far behind: the stage ends now
-    assert fit(0, replace_steps(vision, steps), 175) == 175 and fit.shortened["vision"] == (900, 175)
-
-
 def replace_steps(stage, steps):
-    import dataclasses
-
     return dataclasses.replace(stage, steps=steps)
+
+
+def _simulate(recipe, fit, now, pace) -> list[int]:
+    """Run `recipe`'s stages against `fit` on the fake clock `now`, as the training loop calls its hook: each
+    step takes its planned time (`fit.step_seconds`) times `pace(now)`. Returns the steps each stage ran."""
+    ran = []
+    for index, stage in enumerate(recipe.stages):
+        stage = replace_steps(stage, fit(index, stage, 0))
+        done = 0
+        while done < stage.steps:
+            now[0] += fit.step_seconds(index) * pace(now[0])
+            done += 1
+            steps = fit(index, stage, done)
+            assert done <= steps <= stage.steps
+            stage = replace_steps(stage, steps)
+        ran.append(done)
+    return ran
+
+
+def _fitter(recipe, now, *, budget: float | None = None):
+    """A fitter whose deadline is the plan's own time at the probed speed (one step a second for `shapes`)."""
+    speeds = {s.name: float(s.batch_size) for s in recipe.stages}
+    plan = sum(s.steps for s in recipe.stages)
+    return StageFitter(recipe, speeds, start=0.0, deadline=budget or float(plan), overrun=60 * OVERRUN_MINUTES,
+                       clock=lambda: now[0])
+
+
+def test_a_run_at_the_planned_pace_is_never_shortened():
+    recipe = load_recipe("shapes")  # vision 900 x 64, tasks 700 x 64: 1600 s at one step a second
+    now = [0.0]
+    fit = _fitter(recipe, now)
+    assert _simulate(recipe, fit, now, lambda t: 1.0) == [900, 700]
+    assert fit.shortened == {} and now[0] == pytest.approx(1600.0)
+
+
+def test_a_slow_first_minute_leaves_every_stage_most_of_its_steps():
+    # 3x slower for the first 60 s (40 s lost), then the probed pace: the cumulative pace after 100 steps is
+    # 1.4x, which would cut the plan by a third; the median of the recent readings sees the probed pace.
+    recipe = load_recipe("shapes")
+    now = [0.0]
+    fit = _fitter(recipe, now)
+    ran = _simulate(recipe, fit, now, lambda t: 3.0 if t < 60 else 1.0)
+    assert all(r >= 0.8 * s.steps for r, s in zip(ran, recipe.stages, strict=True)), ran
+    assert now[0] <= 1600 + 60 * OVERRUN_MINUTES
+
+
+def test_a_steadily_slow_run_shortens_every_stage_by_the_same_factor_and_ends_in_time():
+    recipe = load_recipe("shapes")
+    now = [0.0]
+    fit = _fitter(recipe, now)
+    ran = _simulate(recipe, fit, now, lambda t: 1.5)
+    shares = [r / s.steps for r, s in zip(ran, recipe.stages, strict=True)]
+    # 1660 s at 1.5 s a step hold ~1100 steps of 1600: every stage keeps about 0.69 of its steps
+    assert all(0.6 < x < 0.75 for x in shares) and max(shares) - min(shares) < 0.05, shares
+    assert 1600 < now[0] <= 1600 + 60 * OVERRUN_MINUTES  # the allowed minute is used, not more
+    assert fit.shortened == {s.name: (s.steps, r) for s, r in zip(recipe.stages, ran, strict=True)}
+
+
+def test_one_stage_falling_behind_midway_is_shortened_to_end_within_the_overrun():
+    recipe = from_dict(tiny_recipe(600), "test")  # one stage; probed speeds make a step 1 s
+    now = [0.0]
+    fit = _fitter(recipe, now)
+    ran = _simulate(recipe, fit, now, lambda t: 1.0 if t < 200 else 2.0)
+    assert 300 < ran[0] < 600 and fit.shortened == {"lm": (600, ran[0])}
+    assert 600 < now[0] <= 600 + 60 * OVERRUN_MINUTES
+
+
+def test_stages_not_begun_get_their_steps_back_when_a_slowdown_passes():
+    recipe = load_recipe("shapes")
+    now = [0.0]
+    fit = _fitter(recipe, now)
+    # 2x slower from minute 5 to 10 (longer than the pace's window): the vision stage is cut as it happens, and
+    # the tasks stage, which had been cut with it, gets its steps back once the pace is the probed one again
+    ran = _simulate(recipe, fit, now, lambda t: 2.0 if 300 < t < 600 else 1.0)
+    assert ran[0] < 900 and ran[1] == 700 and fit.shortened == {"vision": (900, ran[0])}
+    assert now[0] <= 1600 + 60 * OVERRUN_MINUTES
+
+
+def test_a_far_too_slow_run_keeps_a_floor_of_every_stage_and_overruns():
+    recipe = load_recipe("shapes")
+    now = [0.0]
+    fit = _fitter(recipe, now)
+    ran = _simulate(recipe, fit, now, lambda t: 10.0)
+    assert [r / s.steps for r, s in zip(ran, recipe.stages, strict=True)] == [
+        pytest.approx(StageFitter.MIN_SHARE, abs=0.01)
+    ] * 2
 
 
 def test_a_stage_steps_hook_shortens_the_stage_and_the_saved_recipe_says_so(tmp_path):
@@ -146,6 +203,65 @@ def test_the_speed_key_follows_what_sets_the_speed():
     assert calibrate.machine_key(mixed) != key
 
 
+def test_a_recipe_starting_from_a_pretrained_model_is_probed_and_keyed_by_its_parts(tmp_path, monkeypatch):
+    monkeypatch.setenv("GROUNDLM_CACHE", str(tmp_path / "cache"))
+    start = new_model(tmp_path / "start", "tiny", seed=1)
+    spec = tiny_recipe(8)
+    spec["model"] = {"init_from": str(start), "connector": "concat4"}
+    recipe = from_dict(spec, "test")
+    speeds, measured = stage_speeds(recipe)
+    assert measured and speeds["lm"] > 0
+    key = calibrate.machine_key(recipe)
+    assert stage_speeds(recipe) == (speeds, False)
+    # Another architecture in the same folder is another speed: measured again.
+    config = json.loads((start / "config.json").read_text())
+    config["text_config"]["num_hidden_layers"] = 3
+    (start / "config.json").write_text(json.dumps(config))
+    assert calibrate.machine_key(recipe) != key
+
+
+class _ScriptedLM:
+    """Answers every page example with its record's reference written in the text codec, boxes moved by `shift`
+    pixels (0: every answer right; a third of the scene: every box wrong) and text answers replaced when
+    `wrong`: right or wrong is then known before the report is asked."""
+
+    def __init__(self, lm, shift: float = 0.0):
+        self.lm, self.processor, self.shift = lm, lm.processor, shift
+        self.references = {}
+        for example in PAGE_EXAMPLES:
+            _, record = example_record(example)
+            self.references[record_question(record)[0]] = record.messages[1].content
+
+    def ask(self, image, prompt, *, boxes=()):
+        frame = Frame(image.width, image.height, "resize")
+        moved = [[min(v + self.shift, 64.0) for v in b] for b in boxes]
+        reference = self.references[prompt] if not self.shift else re.sub(r"^\w+$", "nothing", self.references[prompt])
+        text = self.processor.codec.render(reference, [frame.normalize(b) for b in moved])
+        return self.lm.answer_for(text, frame)
+
+
+def test_the_page_examples_are_asked_and_judged_from_the_answers(tmp_path):
+    lm = groundlm.load(new_model(tmp_path / "tiny", "tiny"))
+    tasks = {e.task for e in PAGE_EXAMPLES}
+    assert {"refer", "grounding", "vqa"} <= tasks and 4 <= len(PAGE_EXAMPLES) <= 6
+    right = ask_examples(_ScriptedLM(lm))
+    assert [r["right"] for r in right] == [True] * len(PAGE_EXAMPLES)
+    assert right[0]["prediction"].startswith("{<") and right[0]["expected"].startswith("[")  # pixels
+    wrong = ask_examples(_ScriptedLM(lm, shift=22.0))
+    assert [r["right"] for r in wrong] == [False] * len(PAGE_EXAMPLES)
+    # a real (untrained) model: its answers are judged by the same rule
+    rows = ask_examples(lm)
+    assert [r["right"] for r in rows] == [is_right(r) for r in rows]
+    section = examples_section(rows, tmp_path / "tiny").splitlines()
+    assert section[0] == "## The web page's examples"
+    assert f"{sum(r['right'] for r in rows)} of {len(rows)}" in section[2]
+    table = section[4:]
+    assert table[0] == "| scene | task | prompt | answer | expected | right |" and len(table) == 2 + len(rows)
+    for line, r in zip(table[2:], rows, strict=True):
+        assert line.startswith(f"| {r['scene']} | {r['task']} | `{r['prompt']}` |")
+        assert line.endswith("| yes |" if r["right"] else "| no |")
+
+
 def test_demo_pipeline_at_a_tiny_budget(tmp_path, monkeypatch):
     # The shapes recipe at 2 steps per stage, evaluated on 3 test scenes (one prompt per task each); the
     # first run on a "new machine" (an empty cache) measures its speeds first.
@@ -155,7 +271,8 @@ def test_demo_pipeline_at_a_tiny_budget(tmp_path, monkeypatch):
     tasks = {"caption", "vqa", "refer", "identify", "grounding", "detection", "segmentation", "region_chat"}
     assert tasks <= set(metrics)
     report = (out / "report.md").read_text()
-    assert "| refer | Acc@0.5 |" in report and "![loss per step](loss.png)" in report
+    assert "| refer | Acc@0.5 |" in report and "| 0.80 | 0.95 |" in report and "![loss per step](loss.png)" in report
+    assert "## The web page's examples" in report and "thin grey, the scene's other objects" in report
     assert "examples/refer-" in report and (out / "loss.png").stat().st_size > 1000
     info = json.loads((out / "demo.json").read_text())
     assert [s["stage"] for s in info["stages"]] == [s.name for s in load_recipe("shapes").stages]
@@ -167,6 +284,7 @@ def test_demo_pipeline_at_a_tiny_budget(tmp_path, monkeypatch):
         info["probe_seconds"] + info["train_seconds"] + info["eval_seconds"], abs=0.2
     )
     assert info["shortened"] == {}  # 2 steps per stage is the least a stage runs
+    assert info["page_examples"]["total"] == len(PAGE_EXAMPLES)
     lm = groundlm.load(out / "model")
     assert lm.model.config.image_position_embedding == "sincos2d"
     # A second demo into the same folder replaces the first; any other non-empty folder is refused.

@@ -150,7 +150,7 @@ def test_multi_turn_and_system_messages_reach_the_prompt(stub_client, stub):
     assert stub.seen[-1].input_ids == expected.input_ids
     prompt = stub.processor.tokenizer.decode(stub.seen[-1].input_ids)
     assert prompt.index("answer briefly") < prompt.index("red circle") < prompt.index("identify")
-    assert "{ <1> <3> <37> <66> }" in prompt  # [1, 2, 30, 40] of an 80 x 60 image, in bins
+    assert "{<1><3><37><66>}" in prompt  # [1, 2, 30, 40] of an 80 x 60 image, in bins
 
 
 def test_sampling_with_temperature(client):
@@ -177,7 +177,7 @@ def test_a_seed_makes_sampled_answers_repeat(client):
 def test_stop_strings_cut_the_answer(stub_client):
     r = stub_client.post("/v1/chat/completions", json=chat_body(stop=["</p>"]))
     choice = r.json()["choices"][0]
-    assert choice["message"]["content"] == "<p> red circle " and choice["finish_reason"] == "stop"
+    assert choice["message"]["content"] == "<p>red circle" and choice["finish_reason"] == "stop"
 
 
 def test_streaming_sends_openai_chunks(stub_client):

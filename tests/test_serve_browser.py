@@ -119,7 +119,7 @@ def test_the_page_draws_the_answer_box(tiny_dir, tmp_path):
             uploaded = shown.get_attribute("src")
             page.get_by_text("ShapesWorld examples").scroll_into_view_if_needed()
             page.locator("table tbody tr").first.click()
-            page.wait_for_function("document.querySelector('#prompt textarea').value.startsWith('the ')")
+            page.wait_for_function("document.querySelector('#prompt textarea').value.startsWith('[refer] ')")
             page.wait_for_function(
                 "old => { const i = document.querySelector('#image-in img');"
                 " return i && i.getAttribute('src') !== old && i.complete; }", arg=uploaded,

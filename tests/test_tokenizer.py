@@ -42,3 +42,13 @@ def test_save_and_load_as_a_transformers_tokenizer(tmp_path):
     text = "[INST] <image> the red circle {<1><2><3><4>} [/INST]"
     assert again(text)["input_ids"] == tok(text)["input_ids"]
     assert again.pad_token == "<pad>" and again.padding_side == "left"
+
+
+def test_decoding_writes_answers_in_minigptv2_spacing():
+    tok = _tok()
+    text = "<p>red circle</p> {<12><34><56><100>}<delim>{<1><2><3><4>} the <p>circle</p> {<1><2><3><4>}"
+    assert tok.decode(tok(text, add_special_tokens=False)["input_ids"]) == text
+    # prose: no space before punctuation, whatever the spacing of the input
+    prose = build_word_tokenizer(["is", "the", "circle", "red", "yes", "it"], tokens=[",", "?"])
+    ids = prose("is the circle red ? yes , it is", add_special_tokens=False)["input_ids"]
+    assert prose.decode(ids) == "is the circle red? yes, it is"

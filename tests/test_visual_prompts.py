@@ -48,7 +48,7 @@ def test_a_click_enters_the_user_turn_in_every_codec(codec):
     enc = processor.prompt(image, [{"role": "user", "content": "[identify] what is <point:0>"}], points=[[32, 16]])
     text = processor.tokenizer.decode(enc.input_ids)
     if codec == "text":
-        assert "{ <48> <23> <52> <27> }" in text  # 0.04 of the frame around (0.5, 0.25): four bins per axis
+        assert "{<48><23><52><27>}" in text  # 0.04 of the frame around (0.5, 0.25): four bins per axis
     elif codec == "tokens":
         (obj,) = processor.codec.parse(text)
         assert obj.box_norm[0] < 0.5 < obj.box_norm[2] and obj.box_norm[1] < 0.25 < obj.box_norm[3]

@@ -18,6 +18,12 @@ PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<s>", "</s>"
 # One pre-token per: an angle-bracket token (<12>, <p>, </p>, <delim>), a bracketed tag ([refer], [/INST]),
 # a run of word characters, or any single other character (punctuation, braces).
 _PIECE = Regex(r"<[^<>\s]*>|\[/?[A-Za-z_]+\]|\w+|[^\w\s]")
+# Decoding joins the pieces with single spaces, then removes the spaces text is written without, so answers read
+# as the published formats write them (MiniGPT-v2's `<p>large shapes</p> {<25><17><62><53>}<delim>{...}`,
+# Kosmos-2's `</phrase><object><patch_index_0012>`) and as prose (`square? yes, it is`): none before a closing
+# tag, bracket or punctuation mark, none after an opening one, none around `<delim>`, between two tags or
+# in a decimal number (`0.125`, which the pre-tokenizer split in three).
+_GLUE = Regex(r" (?=</p>|<delim>|[}\]),.;:?!])|(?<=<p>|<delim>|[{\[(]) |(?<=>) (?=<)|(?<=\d \.) (?=\d)")
 
 
 def build_word_tokenizer(
@@ -52,8 +58,9 @@ def build_word_tokenizer(
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Split(_PIECE, behavior="isolated")]
     )
-    # Word-level decoding joins pieces with single spaces; the location codec's parser tolerates them.
-    tok.decoder = decoders.WordPiece(prefix="##", cleanup=False)
+    tok.decoder = decoders.Sequence(
+        [decoders.WordPiece(prefix="##", cleanup=False), decoders.Fuse(), decoders.Replace(_GLUE, "")]
+    )
     tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in dict.fromkeys(specials)])
 
     return PreTrainedTokenizerFast(

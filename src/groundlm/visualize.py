@@ -20,15 +20,19 @@ PALETTE = [
     (70, 240, 240), (240, 50, 230), (210, 245, 60), (0, 128, 128), (170, 110, 40),
 ]
 
+FAINT = (150, 150, 150)  # the scene's other objects: seen, not competing with the referent or the answer
+
 
 @dataclass
 class Drawable:
-    """One thing to draw: a box in pixels, an optional label and mask, and whether it is ground truth."""
+    """One thing to draw: a box in pixels, an optional label and mask, whether it is ground truth, and whether
+    it is background (`faint`: a scene's other objects, beside the referent the picture is about)."""
 
     box: Sequence[float] | None
     label: str | None = None
     mask: dict | list | np.ndarray | None = None
     ground_truth: bool = False
+    faint: bool = False
 
 
 def draw(image: Image.Image, items: Sequence[Drawable], *, min_side: int = 256) -> Image.Image:
@@ -36,7 +40,8 @@ def draw(image: Image.Image, items: Sequence[Drawable], *, min_side: int = 256) 
 
     Small images are first enlarged by an integer factor (nearest neighbour, pixels stay crisp) until their
     short side reaches `min_side`, so labels stay legible; boxes and masks are scaled with them. Predictions
-    are boxes in palette colours; ground truth is white with a black inner line, so both share one picture.
+    are boxes in palette colours; ground truth is white with a black inner line, so both share one picture;
+    faint items are thin grey lines.
     """
     w, h = image.size
     k = max(1, -(-min_side // min(w, h)))  # integer upscale factor
@@ -57,7 +62,10 @@ def draw(image: Image.Image, items: Sequence[Drawable], *, min_side: int = 256) 
         if item.box is None:
             continue
         x1, y1, x2, y2 = (float(v) * k for v in item.box)
-        if item.ground_truth:
+        if item.faint:
+            colour = FAINT
+            pen.rectangle((x1, y1, x2, y2), outline=colour, width=1)
+        elif item.ground_truth:
             pen.rectangle((x1, y1, x2, y2), outline=(255, 255, 255), width=line)
             pen.rectangle((x1 + line, y1 + line, x2 - line, y2 - line), outline=(0, 0, 0), width=1)
             colour = (255, 255, 255)

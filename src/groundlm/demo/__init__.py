@@ -6,6 +6,7 @@ from .run import TARGETS, print_summary, run_demo, targets_table
 from .schedule import (
     DEFAULT_MINUTES,
     EVAL_SCENES,
+    OVERRUN_MINUTES,
     QUICK_MINUTES,
     SUSTAINED_SPEED,
     DemoConfig,
@@ -18,6 +19,7 @@ from .schedule import (
 __all__ = [
     "DEFAULT_MINUTES",
     "EVAL_SCENES",
+    "OVERRUN_MINUTES",
     "QUICK_MINUTES",
     "SUSTAINED_SPEED",
     "TARGETS",

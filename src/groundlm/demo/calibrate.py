@@ -44,8 +44,9 @@ def cache_path() -> Path:
 def machine_key(recipe: Recipe) -> str:
     """What the speeds depend on: the recipe (name, model and stages), the CPU, the threads, precision, torch.
 
-    The model and every stage field but the schedule's lengths go in as a digest: a changed data mixture
-    changes the speed too (ShapesWorld's refer samples cost more to build than its VQA ones).
+    The model, the configs of the pretrained parts it starts from and every stage field but the schedule's
+    lengths go in as a digest: a changed data mixture changes the speed too (ShapesWorld's refer samples cost
+    more to build than its VQA ones).
     """
     cpu = torch.cpu.get_capabilities().get("cpu_name", "") if hasattr(torch.cpu, "get_capabilities") else ""
     stages = ",".join(
@@ -54,6 +55,7 @@ def machine_key(recipe: Recipe) -> str:
     lengths = ("steps", "warmup_steps", "warmup_ratio", "save_every")
     what = {
         "model": dataclasses.asdict(recipe.model),
+        "parts": _part_configs(recipe),
         "stages": [{k: v for k, v in dataclasses.asdict(s).items() if k not in lengths} for s in recipe.stages],
     }
     digest = hashlib.sha1(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:12]
@@ -67,6 +69,20 @@ def machine_key(recipe: Recipe) -> str:
             torch.__version__,
         ]
     )
+
+
+def _part_configs(recipe: Recipe) -> dict[str, str]:
+    """The config.json of each pretrained part the model starts from (a local folder): a part's path can stay
+    while its architecture, and so the speed, changes."""
+    spec = recipe.model
+    init = spec.init_from if isinstance(spec.init_from, str) or spec.init_from is None else spec.init_from.path
+    configs = {}
+    for name, where in (("vision_tower", spec.vision_tower), ("language_model", spec.language_model),
+                        ("init_from", init)):
+        path = Path(where) / "config.json" if where else None
+        if path is not None and path.is_file():
+            configs[name] = hashlib.sha1(path.read_bytes()).hexdigest()[:12]
+    return configs
 
 
 def measure_speeds(recipe: Recipe, *, progress: bool = False) -> dict[str, float]:

@@ -119,6 +119,24 @@ def _write_rows(path: Path, rows: Iterable[dict]) -> None:
     os.replace(tmp, path)
 
 
+def record_question(record: Record) -> tuple[str, list]:
+    """The prompt a record asks and the boxes its `<box:i>` slots point at (every object's, in pixels)."""
+    return _prompt_and_reference(record)[0], [o.box for o in record.objects]
+
+
+def prediction_row(record: Record, image, answer, frame_mode: str) -> dict:
+    """The row of `predictions.jsonl` for `answer` to `record`'s question: what scoring needs (task_metrics.py)."""
+    prompt, reference = _prompt_and_reference(record)
+    return {
+        "id": record.id, "task": record_task(record), "image": record.image,
+        "width": image.width if image else None, "height": image.height if image else None,
+        "frame": frame_mode, "prompt": prompt, "reference": reference,
+        "objects": [{"box": list(o.box), "label": o.label} for o in record.objects],
+        "meta": record.meta, "prediction": answer.text, "prediction_text": answer.plain_text,
+        "prediction_objects": [o.to_dict() for o in answer.objects],
+    }
+
+
 def predict(
     lm: GroundLM, records: Sequence[Record], image_root: Path, path: Path, config: EvalConfig,
     shards: Shards = Shards(),
@@ -154,19 +172,11 @@ def predict(
                                     unit="sample", disable=not shards.main) as bar:
         for batch in mine:
             images = [load_image(image_root / r.image) if r.image else None for r in batch]
-            prompts = [_prompt_and_reference(r)[0] for r in batch]
-            boxes = [[o.box for o in r.objects] for r in batch]
+            prompts, boxes = map(list, zip(*(record_question(r) for r in batch), strict=True))
             answers = lm.ask_many(images, prompts, boxes=boxes, max_new_tokens=config.max_new_tokens,
                                   batch_size=config.batch_size)
-            for record, image, prompt, answer in zip(batch, images, prompts, answers, strict=True):
-                row = {
-                    "id": record.id, "task": record_task(record), "image": record.image,
-                    "width": image.width if image else None, "height": image.height if image else None,
-                    "frame": frame_mode, "prompt": prompt, "reference": _prompt_and_reference(record)[1],
-                    "objects": [{"box": list(o.box), "label": o.label} for o in record.objects],
-                    "meta": record.meta, "prediction": answer.text, "prediction_text": answer.plain_text,
-                    "prediction_objects": [o.to_dict() for o in answer.objects],
-                }
+            for record, image, answer in zip(batch, images, answers, strict=True):
+                row = prediction_row(record, image, answer, frame_mode)
                 done[record.id] = row
                 f.write(json.dumps(row) + "\n")
             f.flush()

@@ -66,16 +66,27 @@ def _mean_of_row_scores(metric: TaskMetric, rows: Sequence[dict]) -> dict:
 
 @dataclass(frozen=True)
 class ReferringAccuracy:
-    """REC Acc@0.5: the first predicted box against the referred object; an unparsable answer is a miss."""
+    """REC Acc@0.5: the first predicted box against the referred object; an unparsable answer is a miss. Where
+    the records' meta says each expression's `kind`, also the accuracy per kind (`by_kind`)."""
 
     def row_score(self, row: dict) -> float:
         boxes = [o["box"] for o in row["prediction_objects"]]
         return box_iou(boxes[0], target_box(row)) if boxes else 0.0
 
     def summary(self, rows: Sequence[dict], convention: IoUConvention, captions: bool) -> dict:
+        result = self._accuracy(rows, convention)
+        out = {"metric": "Acc@0.5", "score": result.accuracy, **result.to_dict()}
+        kinds = sorted({r["meta"]["kind"] for r in rows if isinstance(r.get("meta", {}).get("kind"), str)})
+        if kinds:  # ShapesWorld's expressions say their kind: attribute, relation or superlative
+            out["by_kind"] = {}
+            for kind in kinds:
+                part = self._accuracy([r for r in rows if r["meta"].get("kind") == kind], convention)
+                out["by_kind"][kind] = {"score": part.accuracy, "hits": part.hits, "total": part.total}
+        return out
+
+    def _accuracy(self, rows: Sequence[dict], convention: IoUConvention):
         preds = [r["prediction_objects"][0]["box"] if r["prediction_objects"] else None for r in rows]
-        result = rec_accuracy(preds, [target_box(r) for r in rows], convention)
-        return {"metric": "Acc@0.5", "score": result.accuracy, **result.to_dict()}
+        return rec_accuracy(preds, [target_box(r) for r in rows], convention)
 
 
 def _any_phrase(a: str, b: str) -> bool:

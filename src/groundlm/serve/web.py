@@ -37,7 +37,7 @@ CHAT = "chat"
 TASK_CHOICES = [("free chat", CHAT), *[(t, t) for t in TASKS]]
 MODES = ["point", "box"]
 POINT_FRACTION = 0.04  # side of a clicked point's box, as a fraction of the image's longer side
-EXAMPLES = 4
+EXAMPLES = 6  # the page examples shown (examples.py)
 
 
 def new_state() -> dict[str, Any]:
@@ -140,7 +140,7 @@ def build_ui(service: Service, *, examples: int = EXAMPLES, examples_dir: Path |
                 objects_json = gr.JSON(label="Objects (pixels of the image)", elem_id="objects")
         if examples_dir is not None and examples > 0:
             gr.Examples(examples=_example_images(examples, examples_dir), inputs=[image_in, prompt],
-                        label="ShapesWorld examples (task: refer)")
+                        label="ShapesWorld examples (test scenes the demo's report asks its model too)")
 
         def on_image(image):
             fresh = new_state()
@@ -203,16 +203,17 @@ def build_ui(service: Service, *, examples: int = EXAMPLES, examples_dir: Path |
 
 
 def _example_images(n: int, directory: Path) -> list[list[str]]:
-    """ShapesWorld test scenes written as PNGs, each with a referring question about one of its objects."""
-    from ..data.shapes import scene_at
+    """The first `n` page examples (`examples.py`): their ShapesWorld test scenes written as PNGs, with their
+    questions (task tag included)."""
+    from ..evaluate.runner import record_question
+    from .examples import PAGE_EXAMPLES, example_record
 
     rows = []
-    for i in range(n):
-        scene = scene_at("test", i)
-        path = directory / f"shapes_test_{i}.png"
-        scene.image.save(path)
-        obj = scene.objects[0]
-        rows.append([str(path), f"the {obj.colour} {obj.shape}"])
+    for example in PAGE_EXAMPLES[:n]:
+        image, record = example_record(example)
+        path = directory / f"shapes_test_{example.scene}_{example.task}.png"
+        image.save(path)
+        rows.append([str(path), record_question(record)[0]])
     return rows
 
 
