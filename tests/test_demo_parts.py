@@ -66,10 +66,13 @@ def test_a_package_path_in_a_recipe_points_inside_the_installed_package():
 
 
 @pytest.mark.parametrize("name", sorted(PARTS))
-def test_pretrain_trains_its_recipe_and_writes_the_part_with_a_summary(tmp_path, name):
-    summary = pretrain(name, tmp_path, steps=2, progress=False)
-    part = tmp_path / "part"
+def test_pretrain_writes_the_part_and_the_same_seed_writes_the_same_bytes(tmp_path, name):
+    summary = pretrain(name, tmp_path / "a", steps=2, progress=False)
+    part = tmp_path / "a" / "part"
     assert summary["steps"] == 2 and json.loads((part / "pretrain.json").read_text()) == summary
-    assert (part / "model.safetensors").is_file() and (part / "config.json").is_file()
-    again = pretrain(name, tmp_path, steps=2, progress=False)  # the finished run is resumed, not retrained
+    assert (part / "config.json").is_file()
+    again = pretrain(name, tmp_path / "a", steps=2, progress=False)  # the finished run is resumed, not retrained
     assert again["steps"] == 2
+    pretrain(name, tmp_path / "b", steps=2, progress=False)
+    weights = (part / "model.safetensors").read_bytes()
+    assert weights == (tmp_path / "b" / "part" / "model.safetensors").read_bytes()

@@ -470,15 +470,28 @@ _LATE_FIELDS = {
 }
 
 
+# The same for fields of the model spec and of a ShapesWorld source.
+_LATE_MODEL_FIELDS = {"region_marks": False}
+_LATE_SHAPES_FIELDS = {"symbolic": False}
+
+
+def _drop_defaults(data: dict | None, late: dict) -> None:
+    for name, default in late.items():
+        if data is not None and name in data and data[name] == default:
+            del data[name]
+
+
 def to_dict(recipe: Recipe) -> dict:
-    """The recipe as plain data (every field, defaults filled; `_LATE_FIELDS` at their default left out)."""
+    """The recipe as plain data (every field, defaults filled; late fields at their default left out)."""
     data = dataclasses.asdict(recipe)
     if data["log_with"] is None:  # a late field too
         del data["log_with"]
+    _drop_defaults(data["model"], _LATE_MODEL_FIELDS)
     for stage in data["stages"]:
         for source in stage["data"]:
             if source.get("shards") is None:  # a late field of the sources
                 source.pop("shards", None)
+            _drop_defaults(source.get("shapes"), _LATE_SHAPES_FIELDS)
         for name, default in _LATE_FIELDS.items():
             if stage.get(name) == default:
                 del stage[name]
