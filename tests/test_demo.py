@@ -299,3 +299,18 @@ def test_demo_pipeline_at_a_tiny_budget(tmp_path, monkeypatch):
     (tmp_path / "other" / "notes.txt").write_text("mine")
     result = CliRunner().invoke(app, ["demo", "--minutes", "0.01", "--out", str(tmp_path / "other")])
     assert result.exit_code == 1 and "holds no previous demo" in result.output
+
+
+def test_a_whole_run_records_the_speed_it_kept_once_and_later_demos_plan_from_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("GROUNDLM_CACHE", str(tmp_path / "cache"))
+    recipe = from_dict(tiny_recipe(8), "test")
+    monkeypatch.setattr(calibrate, "measure_speeds", lambda *a, **k: {"lm": 50.0})
+    assert stage_speeds(recipe) == ({"lm": 50.0}, True)  # the probe's reading
+    # steps of 100 and 300 samples/s alternating: the stage kept 150 samples/s (total samples / total time)
+    rows = [{"stage": "lm", "samples_per_s": v} for v in (100.0, 300.0) * 5]
+    assert calibrate.run_speeds(rows, recipe) == {"lm": pytest.approx(150.0)}
+    assert calibrate.record_run_speeds(recipe, rows) == {"lm": pytest.approx(150.0)}
+    assert stage_speeds(recipe) == ({"lm": pytest.approx(150.0)}, False)  # later demos plan from the run
+    slower = [{"stage": "lm", "samples_per_s": 10.0}] * 4
+    assert calibrate.record_run_speeds(recipe, slower) is None  # recorded once, never rewritten
+    assert stage_speeds(recipe)[0] == {"lm": pytest.approx(150.0)}

@@ -273,6 +273,7 @@ def test_chat_template_refuses_what_groundlm_refuses(name, messages, says, token
     ({"image_position_embedding": "sincos2d"}, "image_position_embedding 'sincos2d'"),
     ({"vision_feature_norm": True}, "vision_feature_norm"),
     ({"location_codec": "embedding"}, "location heads"),
+    ({"region_marks": True}, "region_marks"),
 ])  # fmt: skip
 def test_models_llava_cannot_express_are_refused_with_the_reason(overrides, says, tmp_path):
     model, processor = build_model(dataclasses.replace(LLAVA_LIKE, **overrides))

@@ -92,3 +92,22 @@ def test_a_marked_prompt_changes_the_model_output_through_the_marks_alone():
         batch["image_marks"] = torch.zeros_like(batch["image_marks"])
         unmarked = model(**batch).logits[0, -1]
     assert not torch.allclose(marked, unmarked)
+
+
+def test_packed_rows_carry_each_images_marks_in_the_image_tokens_order():
+    from PIL import Image
+
+    from groundlm.train.packing import pack
+
+    model, processor = _shapes_processor_and_model()
+    pixel_values, frame = processor.transform(Image.new("RGB", (64, 64)))
+    samples = []
+    for box in ([0, 0, 16, 16], [48, 48, 64, 64]):
+        messages = [{"role": "user", "content": "[identify] what is <box:0>"}, {"role": "assistant", "content": "red"}]
+        enc = processor.encode(messages, boxes=[box], frame=frame)
+        enc.pixel_values = pixel_values
+        samples.append(enc)
+    packed = pack(samples, processor.tokenizer.pad_token_id, row_tokens=200)  # both samples in one row
+    assert packed.batch["image_marks"].shape == (2, processor.config.mark_grid**2)
+    order = [i for i in packed.owner[0].unique_consecutive().tolist() if i >= 0]
+    assert all(torch.equal(packed.batch["image_marks"][k], samples[i].marks) for k, i in enumerate(order))

@@ -3,9 +3,10 @@
 `groundlm demo --minutes N` fits a recipe's schedule to N minutes. Machines differ by more than 2x (bf16
 autocast is ~1.9x faster than fp32 where the CPU has native bf16, and ~100x slower where it has not), so a
 schedule calibrated on one machine overruns or underuses another. The first demo on a machine therefore
-trains a few steps of every stage and records the samples/s of each; later runs read the record, so the
-same seed gives the same steps, the same model and the same metrics on the same machine. Delete the cache
-file (or set `GROUNDLM_CACHE`) to measure again.
+trains a few steps of every stage and records the samples/s of each; that demo then records the speed its whole
+run kept (a short probe under-reads it), and later runs read that record, so from the second demo on the same
+seed gives the same steps, the same model and the same metrics on the same machine. Delete the cache file (or
+set `GROUNDLM_CACHE`) to measure again.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from ..train.recipe import Recipe, override_steps
 # budget is then left partly unused.
 PROBE_STEPS = 20
 WARMUP_STEPS = 5
+# The cache key of the speeds a whole demo run kept (`record_run_speeds`), beside the probe's.
+RUN_SUFFIX = "|run"
 
 
 def cache_path() -> Path:
@@ -107,22 +110,57 @@ def stage_speeds(recipe: Recipe, *, progress: bool = False) -> tuple[dict[str, f
     """
     path = cache_path()
     key = machine_key(recipe)
-    try:
-        cache = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        cache = {}  # no cache yet, or a torn one: measure again
-    if key in cache:
-        return {k: float(v) for k, v in cache[key].items()}, False
+    cache = _read(path)
+    for known in (key + RUN_SUFFIX, key):  # what a whole run kept, else the probe's reading
+        if known in cache:
+            return {k: float(v) for k, v in cache[known].items()}, False
     if progress:
         print(f"measuring this machine's training speed ({PROBE_STEPS} steps per stage, once; cached in {path})",
               flush=True)
     speeds = measure_speeds(recipe, progress=progress)
+    _store(path, cache, key, speeds)
+    return speeds, True
+
+
+def _read(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}  # no cache yet, or a torn one: measure again
+
+
+def _store(path: Path, cache: dict, key: str, speeds: dict[str, float]) -> None:
     cache[key] = speeds
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(cache, indent=2) + "\n")
     tmp.replace(path)  # atomic: a crash leaves the old cache
-    return speeds, True
+
+
+def run_speeds(rows: list[dict], recipe: Recipe) -> dict[str, float]:
+    """Samples/s each stage kept over a whole run, from its metrics rows: samples over the steps' summed time
+    (not a median of the steps' speeds: long and short batches alternate)."""
+    speeds = {}
+    for stage in recipe.stages:
+        steps = [r for r in rows if r["stage"] == stage.name and r.get("samples_per_s")]
+        seconds = sum(stage.batch_size * stage.grad_accum / r["samples_per_s"] for r in steps)
+        if steps and seconds > 0:
+            speeds[stage.name] = len(steps) * stage.batch_size * stage.grad_accum / seconds
+    return speeds
+
+
+def record_run_speeds(recipe: Recipe, rows: list[dict]) -> dict[str, float] | None:
+    """After a demo planned from the probe, cache the speeds its run kept, once: the probe's 20 steps read a
+    stage up to a fifth slower than a whole run keeps, leaving that share of the budget unused. Later demos plan
+    from the run's record and never rewrite it, so they train the same steps. Returns what was recorded."""
+    path = cache_path()
+    cache = _read(path)
+    key = machine_key(recipe) + RUN_SUFFIX
+    speeds = run_speeds(rows, recipe)
+    if key in cache or set(speeds) != {s.name for s in recipe.stages}:
+        return None
+    _store(path, cache, key, speeds)
+    return speeds
 
 
 def training_minutes(recipe: Recipe, speeds: dict[str, float]) -> float:

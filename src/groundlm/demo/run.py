@@ -27,7 +27,7 @@ from ..evaluate.report import LEGEND
 from ..evaluate.runner import EvalConfig, evaluate
 from ..train import load_recipe, train
 from ..train.control import TrainHooks
-from .calibrate import stage_speeds
+from .calibrate import record_run_speeds, stage_speeds
 from .page_examples import ask_examples, examples_section
 from .schedule import (
     OVERRUN_MINUTES,
@@ -51,6 +51,8 @@ TARGETS: dict[str, tuple[float, float]] = {
     "region_chat": (0.60, 0.90),
 }
 MARKER = "demo.json"
+# A run's own pace is recorded only from a run this long (a short run is still in its slower first steps).
+RECORD_AFTER_SECONDS = 300
 
 
 
@@ -163,6 +165,12 @@ def run_demo(config: DemoConfig) -> dict:
     fit = StageFitter(recipe, speeds, start=probed, deadline=deadline, overrun=60 * OVERRUN_MINUTES)
     model_dir = train(recipe, out, progress=config.progress, hooks=TrainHooks(stage_steps=fit))
     trained = time.perf_counter()
+    recorded = None
+    if not fit.shortened and trained - probed >= RECORD_AFTER_SECONDS:
+        # A whole run that kept its plan records the pace it really kept, once (later demos plan from it).
+        from ..train.monitor import read_metrics
+
+        recorded = record_run_speeds(recipe, read_metrics(out / "metrics.jsonl"))
 
     from ..inference import load
 
@@ -177,6 +185,7 @@ def run_demo(config: DemoConfig) -> dict:
         "step_factor": factor,
         "stage_speeds": speeds,  # samples/s per stage on this machine (calibrate.py), cached
         "speeds_measured_now": measured,
+        "run_speeds_recorded": recorded,  # what this run kept, cached for the next demos (None: not recorded)
         "steps": {s.name: fit.shortened.get(s.name, (0, s.steps))[1] for s in recipe.stages},
         "shortened": {name: {"planned": p, "run": r} for name, (p, r) in fit.shortened.items()},
         "eval_scenes": scenes,

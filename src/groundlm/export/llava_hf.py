@@ -60,6 +60,8 @@ def refusals(model: GroundLMForConditionalGeneration, processor=None) -> list[st
         reasons.append(
             f"image_position_embedding {c.image_position_embedding!r}: LLaVA adds no code to the image tokens"
         )
+    if c.region_marks:
+        reasons.append("region_marks: LLaVA has no input for the boxes a user points at beside the image")
     if c.location_head is not None:
         reasons.append(
             f"location codec {c.location_codec!r} has location heads (box encoder/decoder) LLaVA does not have"

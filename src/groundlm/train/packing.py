@@ -115,8 +115,8 @@ class Packed:
     """Samples packed into rows without padding between them.
 
     batch: `input_ids`, `labels`, `position_ids` [R, L] (positions restart at 0 for each sample; no
-        `attention_mask`, so transformers builds the per-sample causal mask) and `pixel_values` in the order
-        of the image tokens.
+        `attention_mask`, so transformers builds the per-sample causal mask) and `pixel_values` (with their
+        `image_marks` for a region_marks model) in the order of the image tokens.
     owner: [R, L] the index of the sample each position belongs to, -1 on the padding at a row's end.
     """
 
@@ -150,7 +150,7 @@ def pack(samples: Sequence[Encoded], pad_token_id: int, row_tokens: int | None =
     # Padding at a row's end counts 0, 1, ... as a sequence of its own, so it attends only to itself.
     positions = torch.zeros(shape, dtype=torch.long)
     owner = torch.full(shape, -1, dtype=torch.long)
-    pixels = []
+    pixels, marks = [], []
     for r, members in enumerate(rows):
         start = 0
         for i in members:
@@ -161,11 +161,15 @@ def pack(samples: Sequence[Encoded], pad_token_id: int, row_tokens: int | None =
             owner[r, start : start + n] = i
             if s.pixel_values is not None:
                 pixels.append(s.pixel_values)  # row by row, sample by sample: the image tokens' order
+                if s.marks is not None:  # a region_marks model's processor marks every image (zeros: none)
+                    marks.append(s.marks)
             start += n
         positions[r, start:] = torch.arange(width - start)
     batch = {"input_ids": ids, "labels": labels, "position_ids": positions}
     if pixels:
         batch["pixel_values"] = torch.stack(pixels)  # [N_img, 3, S, S]
+    if marks:
+        batch["image_marks"] = torch.stack(marks)  # [N_img, G*G], the images' order
     return Packed(batch, owner)
 
 
