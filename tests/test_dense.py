@@ -149,10 +149,12 @@ def test_dense_settings_only_on_dense_stages():
         from_dict(recipe)
 
 
-def test_the_shapes_recipe_pretrains_then_freezes_the_tower():
-    recipe = load_recipe("shapes")
-    assert recipe.stages[0].objective == "dense_patches"
-    assert all("vision_tower" not in s.train for s in recipe.stages[1:])
+def test_the_tower_recipe_pretrains_the_tower_alone_and_the_demo_keeps_it_frozen():
+    tower = load_recipe("shapes-tower")
+    assert [s.objective for s in tower.stages] == ["dense_patches"] and set(tower.stages[0].train) == {"vision_tower"}
+    demo = load_recipe("shapes")
+    assert demo.model.vision_tower == "groundlm:demo/parts/shapes-tower"
+    assert all("vision_tower" not in s.train for s in demo.stages)
 
 
 def test_a_dense_stage_renders_images_without_conversations(processor):
