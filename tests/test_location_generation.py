@@ -108,7 +108,7 @@ def test_batched_generation_equals_one_at_a_time(lm, forced_triggers):
 def test_ask_returns_the_decoded_boxes_as_grounded_objects(lm, forced_triggers):
     image = scene_at("val", 0).image
     answer = lm.ask(image, "[refer] the red circle", max_new_tokens=6)
-    assert answer.text.split()[:2] == ["<at>", "<boxes>"]
+    assert answer.text.startswith("<at><boxes>")  # as the model wrote it (MiniGPT-v2 spacing: no space between)
     assert len(answer.objects) == 2 and all(o.box is not None and len(o.box) == 4 for o in answer.objects)
     assert "<at>" not in answer.plain_text
     forced_triggers["n"] = 0

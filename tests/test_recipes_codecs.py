@@ -23,7 +23,7 @@ from .train_helpers import one_thread, tiny_recipe  # noqa: F401 (fixture)
 
 # What the matrix expects, stated here rather than derived from the code under test.
 HEADS_RECIPES = {"nextchat", "llava_grounding"}  # their model sets location_head (box encoder / decoder)
-SINCOS_RECIPES = {"shapes"}  # its preset (demo) starts coordinate tokens from the sincos code
+SINCOS_RECIPES = {"shapes-tower", "shapes-language"}  # their preset (demo) starts coordinate tokens from the sincos code
 HEADS_CODECS = {"embedding"}
 COORDINATE_TOKEN_CODECS = {"text", "tokens", "florence2", "paligemma"}
 

@@ -76,6 +76,7 @@ class FamilyProcessor:
     family = ""  # the family's name in errors and docs
     chat = False  # whether the family takes a system prompt and multi-turn history
     tasks: tuple[str, ...] = ()  # the groundlm task tags the family has a prompt for
+    prompts: dict[str, str] = {}  # task tag -> the family's prompt, `{}` where the subject goes (`ask_text`)
     needs_image = True  # whether every prompt must come with an image
     scores_continuations = True  # whether the model's forward on prompt + continuation gives its log-likelihood
     # how the family's model decodes a batch (`GroundLM.loop`): its `generate` on the whole batch
@@ -100,12 +101,19 @@ class FamilyProcessor:
 
     # ---- family hooks ------------------------------------------------------------------------------------
     def ask_text(self, asked: Asked) -> str:
-        """The family's prompt for `asked` (its locations already written in the family's format)."""
-        raise NotImplementedError
+        """The family's prompt for `asked` (its locations already written in the family's format): the words as
+        given without a task tag, else the family's prompt for the task (`prompts`), with the subject in it."""
+        if asked.task is None:
+            return asked.words
+        if asked.task not in self.prompts:
+            raise self.unsupported(asked.task)
+        return self.prompts[asked.task].format(asked.subject)
 
     def pixels(self, image) -> tuple[torch.Tensor, Frame]:
-        """The model's image input for a PIL image, and its frame."""
-        raise NotImplementedError
+        """The model's image input for a PIL image, and its frame: by default the family's image processor
+        squashing the image to its square (`image_processor`, set by the family)."""
+        pixel_values = self.image_processor(images=[image], return_tensors="pt")["pixel_values"][0]  # [3, S, S]
+        return pixel_values, Frame(image.width, image.height, "resize")
 
     def tokens(self, turns: Sequence[Turn], image: Frame | None, add_generation_prompt: bool) -> FamilyTokens:
         """The family's token layout of `turns` (`image`: the frame of the image, None without one)."""

@@ -48,6 +48,7 @@ ALL_OBJECTS = "<OD>"  # `[detection]` without a class
 class Florence2Family(FamilyProcessor):
     family = "Florence-2"
     tasks = tuple(PROMPTS)
+    prompts = PROMPTS
     scores_continuations = False  # encoder-decoder: a continuation is the decoder's, not the prompt's tail
 
     def __init__(self, hf_processor):
@@ -61,13 +62,9 @@ class Florence2Family(FamilyProcessor):
                          stop=tokenizer.eos_token)
 
     def ask_text(self, asked: Asked) -> str:
-        if asked.task is None:
-            return asked.words
         if asked.task == "detection" and not asked.subject:
             return ALL_OBJECTS
-        if asked.task not in PROMPTS:
-            raise self.unsupported(asked.task)
-        return PROMPTS[asked.task].format(asked.subject)
+        return super().ask_text(asked)
 
     def instruction(self, text: str) -> str:
         """The words Florence-2 reads for a prompt: a task token replaced by its instruction, as its processor
@@ -81,10 +78,6 @@ class Florence2Family(FamilyProcessor):
             if token in text:
                 return words.format(input=text.replace(token, "").strip())
         return text
-
-    def pixels(self, image) -> tuple[torch.Tensor, Frame]:
-        pixel_values = self.image_processor(images=[image], return_tensors="pt")["pixel_values"][0]  # [3, S, S]
-        return pixel_values, Frame(image.width, image.height, "resize")
 
     def tokens(self, turns: Sequence[Turn], image: Frame | None, add_generation_prompt: bool) -> FamilyTokens:
         if not add_generation_prompt:

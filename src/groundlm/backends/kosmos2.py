@@ -26,7 +26,6 @@ from ..location import Kosmos2LocationCodec
 from ..processor import Encoded
 from .base import FamilyProcessor, FamilyTokens, Turn, answer_labels, padded, text_batch
 from .generation import row_by_row
-from .tasks import Asked
 
 PROMPTS = {
     "grounding": "<grounding> An image of",
@@ -41,6 +40,7 @@ _IMAGE_AT = 2  # the first image position, after `<s>` and `<image>`
 class Kosmos2Family(FamilyProcessor):
     family = "Kosmos-2"
     tasks = tuple(PROMPTS)
+    prompts = PROMPTS
     loop = staticmethod(row_by_row)  # its batched generate misplaces padded rows (generation.row_by_row)
 
     def __init__(self, hf_processor, num_image_tokens: int):
@@ -52,17 +52,6 @@ class Kosmos2Family(FamilyProcessor):
         # the processor's placeholder ids at the image positions: the ids after `<unk>`
         first = tokenizer.unk_token_id + 1
         self.image_ids = list(range(first, first + num_image_tokens))
-
-    def ask_text(self, asked: Asked) -> str:
-        if asked.task is None:
-            return asked.words
-        if asked.task not in PROMPTS:
-            raise self.unsupported(asked.task)
-        return PROMPTS[asked.task].format(asked.subject)
-
-    def pixels(self, image) -> tuple[torch.Tensor, Frame]:
-        pixel_values = self.image_processor(images=[image], return_tensors="pt")["pixel_values"][0]  # [3, S, S]
-        return pixel_values, Frame(image.width, image.height, "resize")
 
     def tokens(self, turns: Sequence[Turn], image: Frame | None, add_generation_prompt: bool) -> FamilyTokens:
         tok = self.tokenizer

@@ -24,7 +24,6 @@ from ..geometry import Frame
 from ..location import PaliGemmaLocationCodec
 from ..processor import Encoded
 from .base import FamilyProcessor, FamilyTokens, Turn, answer_labels, padded, shrink, text_batch
-from .tasks import Asked
 
 PROMPTS = {"refer": "detect {}", "detection": "detect {}", "caption": "caption en", "vqa": "answer en {}"}
 
@@ -32,6 +31,7 @@ PROMPTS = {"refer": "detect {}", "detection": "detect {}", "caption": "caption e
 class PaliGemmaFamily(FamilyProcessor):
     family = "PaliGemma"
     tasks = tuple(PROMPTS)
+    prompts = PROMPTS
 
     def __init__(self, hf_processor):
         self.hf_processor = hf_processor
@@ -40,17 +40,6 @@ class PaliGemmaFamily(FamilyProcessor):
         tokenizer = hf_processor.tokenizer
         super().__init__(tokenizer, PaliGemmaLocationCodec(), image_token=hf_processor.image_token,
                          stop=tokenizer.eos_token)
-
-    def ask_text(self, asked: Asked) -> str:
-        if asked.task is None:
-            return asked.words
-        if asked.task not in PROMPTS:
-            raise self.unsupported(asked.task)
-        return PROMPTS[asked.task].format(asked.subject)
-
-    def pixels(self, image) -> tuple[torch.Tensor, Frame]:
-        pixel_values = self.image_processor(images=[image], return_tensors="pt")["pixel_values"][0]  # [3, S, S]
-        return pixel_values, Frame(image.width, image.height, "resize")
 
     def tokens(self, turns: Sequence[Turn], image: Frame | None, add_generation_prompt: bool) -> FamilyTokens:
         tok = self.tokenizer
