@@ -27,6 +27,14 @@ restore_module_thread_count = pytest.fixture(
 )(_restoring_thread_count)
 
 
+@pytest.fixture(scope="module")
+def module_one_thread(restore_module_thread_count):
+    """One torch thread for a whole module (`pytestmark = pytest.mark.usefixtures("module_one_thread")`): its
+    module-scoped models and servers run beside other processes on two shared cores, where competing threads
+    crawl; the count is restored after the module."""
+    torch.set_num_threads(1)
+
+
 def realdata(*parts: str) -> Path:
     """A path under ../shared/realdata, or skip the test when that data is absent on this machine."""
     path = REALDATA.joinpath(*parts)

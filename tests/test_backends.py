@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 from fastapi.testclient import TestClient
 from PIL import Image, ImageDraw
 
@@ -46,12 +45,7 @@ PHRASE = {"paligemma": "red circle", "florence2": "red circle", "kosmos2": None,
 REFUSED = {"paligemma": "grounding", "florence2": "vqa", "kosmos2": "detection", "qwen2_5_vl": None}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("module_one_thread")
 
 
 @pytest.fixture(scope="module")

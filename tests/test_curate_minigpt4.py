@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from groundlm.cli import app
@@ -23,12 +22,7 @@ PARAGRAPH = ("The image shows a few flat coloured shapes on a plain grey backgro
              "each has sharp edges and one solid colour, and nothing else appears in the picture.")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("module_one_thread")
 
 
 def _fixer(apologetic: str):

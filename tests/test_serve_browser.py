@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 import groundlm
@@ -57,12 +56,7 @@ def _chromium() -> Path:
     pytest.skip(f"Debian's chromium could not be installed (`apt-get install -y chromium`): {log}")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("module_one_thread")
 
 
 def _edges(mask: np.ndarray) -> tuple[int, int, int, int]:

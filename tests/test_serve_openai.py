@@ -16,7 +16,6 @@ import time
 
 import httpx
 import pytest
-import torch
 
 import groundlm
 from groundlm.serve import create_app
@@ -25,12 +24,7 @@ from tests.serve_helpers import FixedAnswerLM, ServerThread, data_url, free_port
 openai = pytest.importorskip("openai", reason="the openai client is not installed (pip install openai)")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("module_one_thread")
 
 
 def _messages(text: str = "[refer] the red circle") -> list[dict]:
