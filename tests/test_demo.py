@@ -56,6 +56,9 @@ def test_the_budget_scales_every_stage_deterministically():
         recipe, DEFAULT_MINUTES, seed=0, speeds={k: 2 * v for k, v in speeds.items()}
     )
     assert factor == pytest.approx(2.0)
+    # A probe that took a minute of the budget leaves that minute's steps out
+    probed, factor = scale_recipe(recipe, DEFAULT_MINUTES, seed=0, speeds=speeds, spent_minutes=1.0)
+    assert factor == pytest.approx((DEFAULT_MINUTES - fixed - 1.0) / (DEFAULT_MINUTES - fixed))
     half, factor = scale_recipe(recipe, DEFAULT_MINUTES / 2, seed=5, speeds=speeds)
     assert 0.4 < factor < 0.5 and half.seed == 5
     assert [s.steps for s in half.stages] == [round(s.steps * factor) for s in recipe.stages]
