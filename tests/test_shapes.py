@@ -89,7 +89,7 @@ def test_golden_val_scenes():
 
 
 GOLDEN_SEED = 17323585586778565474
-GOLDEN_DIGEST = "ff210c76bfc8d8c327c776ac92a760e1d620419f42d39365865d404395861d51"
+GOLDEN_DIGEST = "0caa342c744292101f5272b7f2ef137f43c2334f637b8c8407776690e2c7278a"
 
 
 def test_write_shapes_matches_random_access(tmp_path):
@@ -353,7 +353,7 @@ def test_vqa_answers_are_correct(split):
     assert kinds[("exist", True)] > 0 and kinds[("spatial", True)] > 0 and kinds[("count", True)] > 0
 
 
-def test_captions_and_grounding_count_every_object():
+def test_captions_and_grounding_count_every_object_in_reading_order():
     numbers = {w: k for k, w in enumerate(S.NUMBER_WORDS)}
     for _, scene, records in _all():
         by_task = {r.meta["task"]: r for r in records}
@@ -374,9 +374,18 @@ def test_captions_and_grounding_count_every_object():
             count = 1 if first in ("a", "an") else numbers[first]
             assert count == 1 or first != "one"
             idx = [int(i) for i in SLOTS.findall(slots)]
-            assert idx == _matching(scene, None, *m.groups()) and len(idx) == count
+            assert sorted(idx) == _matching(scene, None, *m.groups()) and len(idx) == count
+            assert [_centre(scene, i) for i in idx] == sorted(_centre(scene, i) for i in idx)
             seen += idx
         assert sorted(seen) == list(range(len(scene.objects)))
+        # reading order: each phrase starts at the object left of (or above) every later phrase's first
+        firsts = [_centre(scene, int(SLOTS.findall(slots)[0])) for _, slots in phrases]
+        assert firsts == sorted(firsts)
+
+
+def _centre(scene, i: int) -> tuple[float, float]:
+    x1, y1, x2, y2 = scene.objects[i].box
+    return ((x1 + x2) / 2, (y1 + y2) / 2)
 
 
 def test_identify_and_region_chat_answers():
