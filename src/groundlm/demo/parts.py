@@ -27,6 +27,7 @@ from ..train.monitor import read_metrics
 
 # Where the shipped parts live inside the package (`groundlm:demo/parts/NAME` in a recipe).
 SHIPPED = Path(__file__).resolve().parent / "parts"
+MAX_SHARD = "3MB"
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,8 @@ def save_part(name: str, model_dir: str | Path, out: str | Path, *, dtype: torch
     module = getattr(model, part.module).to(dtype)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    module.save_pretrained(out)
+    # shards stay under the repository's 4 MB per tracked file (transformers' loaders read the index)
+    module.save_pretrained(out, max_shard_size=MAX_SHARD)
     if part.module == "vision_tower":
         config = _image_processor_config(model.config.vision_config.image_size)
         (out / "preprocessor_config.json").write_text(json.dumps(config, indent=2) + "\n")
