@@ -71,6 +71,9 @@ def save_part(name: str, model_dir: str | Path, out: str | Path, *, dtype: torch
     module = getattr(model, part.module).to(dtype)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    # the weights of an earlier save go first: transformers would load a stale single file over a new index
+    for stale in [*out.glob("model*.safetensors"), *out.glob("model.safetensors.index.json")]:
+        stale.unlink()
     # shards stay under the repository's 4 MB per tracked file (transformers' loaders read the index)
     module.save_pretrained(out, max_shard_size=MAX_SHARD)
     if part.module == "vision_tower":
@@ -84,7 +87,7 @@ def save_part(name: str, model_dir: str | Path, out: str | Path, *, dtype: torch
 def pretrain(name: str, out: str | Path, *, steps: int | None = None, progress: bool = True) -> dict:
     """Train part `name`'s recipe into OUT/run (resuming a run there) and write the part to OUT/part.
 
-    Returns the summary written to OUT/part/pretrain.json: recipe, steps, seconds, the last losses.
+    Returns the summary written to OUT/part/pretrain.json: recipe, seed, steps, samples, the last losses, threads.
     """
     from ..train import load_recipe, override_steps, train
     from ..train.checkpoint import latest
