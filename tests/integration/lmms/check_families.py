@@ -6,8 +6,9 @@ Runs in `.venv-lmms`. For each family of tests/backend_models.py (together cover
    through groundlm's recipe path on ShapesWorld referring expressions for the families groundlm trains
    (Qwen2.5-VL, PaliGemma), random weights for the others (Florence-2, Kosmos-2);
 2. lmms-eval, for real: `lmms-eval --model groundlm --model_args pretrained=DIR,...` on check_lmms.py's local
-   RefCOCO-layout task (lmms-eval's own refcoco_bbox_rec prompt, parser and metrics), one process, against
-   `groundlm eval` of the same rows imported with `groundlm data import refcoco-lmms` (check_lmms.compare);
+   RefCOCO-layout task (lmms-eval's own refcoco_bbox_rec prompt, parser and metrics), in one process and in two
+   (`torchrun`, `--processes`), against `groundlm eval` of the same rows imported with `groundlm data import
+   refcoco-lmms` (check_lmms.compare);
 3. VLMEvalKit, for real: GroundLMVLM through VLMEvalKit's `BaseModel.generate`, each answer scored by
    `RefCOCODataset`'s own parse, scale guess and IoU, on check_vlmevalkit.py's TSV, against `groundlm eval` of
    the rows imported with `groundlm data import refcoco-vlmevalkit` (check_vlmevalkit.compare);
@@ -20,12 +21,15 @@ Runs in `.venv-lmms`. For each family of tests/backend_models.py (together cover
 What this proves and what not. For the fine-tuned families the answers are the family's format with a box on
 nearly every row (the check fails when fewer than MIN_BOXED of the rows have one), so the tools and groundlm
 are compared on continuous IoUs that differ row by row: the plugins hand the tools exactly groundlm's boxes,
-through each family's own decoding, frame and codec, and the tools score them as groundlm does. The hits are
-few (a 32-wide model learns the answer's format and rough positions, not to find the object), so Acc@0.5 agrees
-mostly on misses. For the random families the whole path runs (loading, the family's prompt, batched
-generation, parsing, the tools' scorers) and every row is compared the same way, but their answers are noise:
-the rows where the noise holds no box compare [0, 0, 0, 0] with no box, and their scores are near zero, so
-agreement there says the path works and the readings match, not that a real answer is scored right.
+through each family's own prompt, decoding, frame and codec, and the tools score them as groundlm does. The
+hits are few (a 32-wide model with 4 image tokens learns the answer's format and a few rough positions, not to
+find the object), so Acc@0.5 agrees mostly on misses. For the random families the whole path runs (loading,
+the family's prompt, batched and sharded generation, parsing, the tools' scorers) and every row is compared the
+same way, but their answers are noise: Florence-2's random `<loc_k>` runs parse into boxes that miss the target
+(IoU 0), and Kosmos-2's random `<patch_index_k>` runs, outside any `<object>`, hold no box at all, so each row
+compares [0, 0, 0, 0] with no box. Agreement there says the path works and the readings match (no location
+markup leaks into the text the tools parse), not that a real answer of theirs is scored right; the family
+codecs' reading of real answers is tested by tests/test_backends.py with scripted answers.
 Exit codes: 0 equal, 1 a difference or a failure, 77 skipped (lmms-eval or VLMEvalKit not importable here).
 """
 
@@ -55,15 +59,20 @@ def boxed_share(rows: list[dict]) -> float:
     return sum(bool(r["prediction_objects"]) for r in rows) / len(rows)
 
 
-def check_family(family: str, workdir: Path, parquet: Path, tasks: Path, tsv: Path, tsv_rows: list[dict],
-                 timeout: float) -> tuple[list[str], str]:
-    """Both tools against groundlm eval for one family: the differences and a one-line summary."""
-    model, how = family_models.family_model(family, workdir, timeout)
+def check_family(family: str, base: Path, workdir: Path, parquet: Path, tasks: Path, tsv: Path,
+                 tsv_rows: list[dict], processes: int, timeout: float) -> tuple[list[str], str]:
+    """Both tools against groundlm eval for one family (`base`: its random checkpoint): the differences and a
+    one-line summary."""
+    model, how = family_models.family_model(family, base, workdir, timeout)
     here = workdir / family
     metrics, rows = check_lmms.groundlm_run(model, parquet, here, timeout, MAX_NEW_TOKENS)
     ours = metrics["refer"]
     lmms, samples = check_lmms.lmms_eval_run(model, tasks, here / "lmms-1", 1, timeout, MAX_NEW_TOKENS)
     problems = check_lmms.compare(lmms, samples, metrics, rows, f"{family}: lmms-eval")
+    if processes > 1:  # the evaluator's sharding and gathering with the family's model
+        lmms_n, samples_n = check_lmms.lmms_eval_run(model, tasks, here / f"lmms-{processes}", processes, timeout,
+                                                     MAX_NEW_TOKENS)
+        problems += check_lmms.compare(lmms_n, samples_n, metrics, rows, f"{family}: lmms-eval, {processes} processes")
     theirs = check_vlmevalkit.vlmevalkit_hits(model, tsv_rows, MAX_NEW_TOKENS)
     ours_v, predictions = check_vlmevalkit.groundlm_eval(model, tsv, here, timeout, MAX_NEW_TOKENS)
     problems += check_vlmevalkit.compare(theirs, ours_v, predictions, f"{family}: VLMEvalKit")
@@ -74,10 +83,11 @@ def check_family(family: str, workdir: Path, parquet: Path, tasks: Path, tsv: Pa
     if how == "fine-tuned" and boxed < MIN_BOXED:
         problems.append(f"{family}: only {100 * boxed:.0f}% of the fine-tuned model's answers hold a box (at least "
                         f"{100 * MIN_BOXED:.0f}% needed for a meaningful comparison); train it longer")
+    precision, mean_iou = check_vlmevalkit.scores(theirs)
     summary = (f"{family} ({how}): lmms-eval Acc@0.5 {lmms['refcoco_ACC@0.5,none']:.4f} mean IoU "
-               f"{lmms['refcoco_IoU,none']:.4f} | VLMEvalKit Precision@1 {100 * ours_v['accuracy']:.2f} | groundlm eval "
-               f"{ours['hits']}/{ours['total']} hits, mean IoU {ours['mean_iou']:.4f}; boxed {100 * boxed:.0f}%, "
-               f"{distinct} distinct IoUs")
+               f"{lmms['refcoco_IoU,none']:.4f} | VLMEvalKit Precision@1 {precision:.2f} mean IoU {mean_iou:.4f} | "
+               f"groundlm eval {ours['hits']}/{ours['total']} hits, mean IoU {ours['mean_iou']:.4f}; boxed "
+               f"{100 * boxed:.0f}%, {distinct} distinct IoUs")
     return problems, summary
 
 
@@ -87,6 +97,8 @@ def main() -> int:
                         help="the families' models and runs go to WORKDIR/families")
     parser.add_argument("--families", help="a comma-separated subset (default: every family)")
     parser.add_argument("--scenes", type=int, default=30, help="ShapesWorld val scenes (one expression each)")
+    parser.add_argument("--processes", type=int, default=2,
+                        help="also run lmms-eval with this many processes (torchrun), as check_lmms.py does")
     parser.add_argument("--timeout", type=float, default=1800)
     args = parser.parse_args()
     try:
@@ -101,8 +113,9 @@ def main() -> int:
         parser.error(f"--families: unknown {sorted(set(chosen) - set(every))}; the families are {every}")
     workdir = args.workdir.resolve() / "families"
     workdir.mkdir(parents=True, exist_ok=True)
+    bases = {f: family_models.random_checkpoint(f, workdir / f / "random") for f in chosen}
     if not args.families:  # the whole run must reach every backend
-        missing = family_models.uncovered([family_models.random_checkpoint(f, workdir / f / "random") for f in every])
+        missing = family_models.uncovered(list(bases.values()))
         if missing:
             log(f"FAIL: no checkpoint of the backends {sorted(missing)} is built by tests/backend_models.py")
             return 1
@@ -111,7 +124,8 @@ def main() -> int:
     tsv, tsv_rows = check_vlmevalkit.write_tsv(workdir, args.scenes)
     problems, summaries = [], []
     for family in chosen:
-        found, summary = check_family(family, workdir, parquet, tasks, tsv, tsv_rows, args.timeout)
+        found, summary = check_family(family, bases[family], workdir, parquet, tasks, tsv, tsv_rows, args.processes,
+                                      args.timeout)
         problems += found
         summaries.append(("FAIL " if found else "OK ") + summary)
     for p in problems:

@@ -292,8 +292,6 @@ def row_differences(pred: list[float], row: dict, iou: float | None = None) -> l
     - the tool's IoU (`iou`; by default lmms-eval's own `compute_iou` of `pred` and the target) is groundlm's
       `box_iou` of that written box, to float precision: the same score of the same box;
     - it is groundlm eval's IoU of the unrounded box within `IOU_ROUNDING`, and the hit (IoU >= 0.5) is the same."""
-    from lmms_eval.tasks.refcoco.utils_rec import compute_iou
-
     from groundlm.evaluate.rec import is_hit
     from groundlm.geometry import box_iou
 
@@ -304,6 +302,8 @@ def row_differences(pred: list[float], row: dict, iou: float | None = None) -> l
     sides = (row["width"], row["height"], row["width"], row["height"])
     target = row["objects"][0]["box"]
     if iou is None:
+        from lmms_eval.tasks.refcoco.utils_rec import compute_iou  # only lmms-eval's check imports lmms-eval
+
         iou = compute_iou(list(pred), [v / s for v, s in zip(target, sides, strict=True)])
     of_written = box_iou([v * s for v, s in zip(mine, sides, strict=True)], target)
     if abs(iou - of_written) > 1e-9:

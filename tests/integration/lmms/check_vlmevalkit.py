@@ -110,11 +110,16 @@ def groundlm_eval(model: Path, tsv: Path, workdir: Path, timeout: float,
     return ours, predictions
 
 
+def scores(theirs: dict[str, tuple]) -> tuple[float, float]:
+    """VLMEvalKit's Precision@1 (in %) and mean IoU of `vlmevalkit_hits`' rows."""
+    precision = 100 * sum(hit for hit, _, _, _ in theirs.values()) / len(theirs)
+    return precision, sum(iou for _, _, iou, _ in theirs.values()) / len(theirs)
+
+
 def compare(theirs: dict[str, tuple], ours: dict, predictions: list[dict], label: str) -> list[str]:
     """The differences between VLMEvalKit's scores and groundlm eval's (empty when they agree): the same rows,
     on every row the same box read, IoU and hit (check_lmms.row_differences), the same Precision@1 and mean IoU."""
-    precision = 100 * sum(hit for hit, _, _, _ in theirs.values()) / len(theirs)
-    mean_iou = sum(iou for _, _, iou, _ in theirs.values()) / len(theirs)
+    precision, mean_iou = scores(theirs)
     log(f"{label}: VLMEvalKit scorer: Precision@1 {precision:.2f}, mean IoU {mean_iou:.4f} over {len(theirs)} "
         f"rows; groundlm eval accuracy {100 * ours['accuracy']:.2f} ({ours['hits']}/{ours['total']}), mean IoU "
         f"{ours['mean_iou']:.4f}")

@@ -21,11 +21,11 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[2]
 BUILDER = ROOT / "tests" / "backend_models.py"
 SEED = 0
+sys.path.insert(0, str(ROOT))  # for tests.backend_models, imported when first needed (it imports transformers)
 
 
 def families() -> list[str]:
     """Every family tests/backend_models.py builds (check_families.py checks they cover `BACKENDS`)."""
-    sys.path.insert(0, str(ROOT))
     from tests.backend_models import FAMILIES
 
     return list(FAMILIES)
@@ -54,7 +54,6 @@ def recipe_of(family: str) -> Path | None:
 def random_checkpoint(family: str, directory: Path) -> Path:
     """The tiny random checkpoint of `family` (tests/backend_models.py, seed SEED), built afresh: it takes
     seconds and is the same every time for the same builder."""
-    sys.path.insert(0, str(ROOT))
     from tests.backend_models import build_family
 
     if directory.exists():
@@ -63,10 +62,9 @@ def random_checkpoint(family: str, directory: Path) -> Path:
     return build_family(family, directory, seed=SEED)
 
 
-def family_model(family: str, workdir: Path, timeout: float) -> tuple[Path, str]:
-    """The model directory check_families.py evaluates for `family` and how it was made ("fine-tuned" or
-    "random weights")."""
-    base = random_checkpoint(family, workdir / family / "random")
+def family_model(family: str, base: Path, workdir: Path, timeout: float) -> tuple[Path, str]:
+    """The model directory check_families.py evaluates for `family`, whose random checkpoint is `base`
+    (`random_checkpoint`), and how it was made ("fine-tuned" or "random weights")."""
     recipe = recipe_of(family)
     if recipe is None:
         log(f"{family}: groundlm does not fine-tune it; evaluating its random weights ({base})")
