@@ -17,8 +17,9 @@ Runs in `.venv-lmms` (lmms-eval 0.7 and groundlm installed with `-e .[lmms]`; se
    --convention default` (lmms-eval's rule: continuous IoU, hit when IoU >= 0.5);
 6. Acc@0.5 must be equal, the mean IoU equal within the rounding of the written boxes (4 decimals); on every row
    the box lmms-eval parsed must be groundlm's as written, lmms-eval's IoU of it groundlm's, and the hit the
-   same (`row_differences`, which check_vlmevalkit.py and check_families.py use too); `groundlm eval --predictions-format lmms_samples --reading lmms_eval` of lmms-eval's
-   own samples log must give lmms-eval's Acc@0.5 and mean IoU;
+   same (`row_differences`, which check_vlmevalkit.py and check_families.py use too); `groundlm eval
+   --predictions-format lmms_samples --reading lmms_eval` of lmms-eval's own samples log must give lmms-eval's
+   Acc@0.5 and mean IoU;
 7. multiple choice (`loglikelihood`): a local `output_type: multiple_choice` task of ShapesWorld colour questions
    with four choices; lmms-eval's `acc` and each row's pick must equal an independent scoring with the groundlm
    model (the highest summed log-probability of a choice, one plain forward pass each; shapes_mc.py).
@@ -233,7 +234,6 @@ def groundlm_run(model: Path, parquet: Path, workdir: Path, timeout: float,
 
 def compare(lmms: dict, samples: dict, ours: dict, rows: list[dict], label: str) -> list[str]:
     """The differences between lmms-eval's scores and groundlm's (empty when they agree)."""
-
     problems = []
     refer = ours["refer"]
     log_file = samples.pop("__file__")
