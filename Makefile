@@ -84,7 +84,8 @@ test-vllm: install $(VLLM_STAMP)
 # every backend family (Qwen2.5-VL, Florence-2, PaliGemma, Kosmos-2: tiny checkpoints of tests/backend_models.py,
 # Qwen2.5-VL and PaliGemma fine-tuned on ShapesWorld REC through their recipes and kept in
 # runs/test-lmms/families, the others with random weights) and each row's box, IoU and hit must be
-# `groundlm eval`'s (tests/integration/lmms/check_families.py; ~12 more minutes the first time, ~6 with the models kept).
+# `groundlm eval`'s (tests/integration/lmms/check_families.py; ~12 more minutes the first time, ~6 with the
+# models kept).
 LMMS_VENV := .venv-lmms
 LMMS_STAMP := $(LMMS_VENV)/.installed
 LMMS_REQ := tests/integration/lmms
