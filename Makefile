@@ -80,7 +80,12 @@ test-vllm: install $(VLLM_STAMP)
 # in runs/test-lmms/train and reused). lmms-eval has its own virtualenv: it imports torchvision and timm, whose
 # PyPI builds need the plain torch wheel, not groundlm's +cpu build (tests/integration/lmms/requirements.txt).
 # groundlm itself is installed there with `-e .[lmms]`. VLMEvalKit (ms-vlmeval) is installed beside it and its
-# RefCOCO scorer checks the VLMEvalKit model class (tests/integration/lmms/check_vlmevalkit.py).
+# RefCOCO scorer checks the VLMEvalKit model class (tests/integration/lmms/check_vlmevalkit.py). Both then run
+# every backend family (Qwen2.5-VL, Florence-2, PaliGemma, Kosmos-2: tiny checkpoints of tests/backend_models.py,
+# Qwen2.5-VL and PaliGemma fine-tuned on ShapesWorld REC through their recipes and kept in
+# runs/test-lmms/families, the others with random weights) and each row's box, IoU and hit must be
+# `groundlm eval`'s (tests/integration/lmms/check_families.py; ~12 more minutes the first time, ~6 with the
+# models kept).
 LMMS_VENV := .venv-lmms
 LMMS_STAMP := $(LMMS_VENV)/.installed
 LMMS_REQ := tests/integration/lmms
@@ -100,6 +105,8 @@ test-lmms: $(LMMS_STAMP)
 	  tests/integration/lmms/check_lmms.py --workdir runs/test-lmms
 	OMP_NUM_THREADS=2 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false timeout 1800 $(LMMS_VENV)/bin/python \
 	  tests/integration/lmms/check_vlmevalkit.py --workdir runs/test-lmms
+	OMP_NUM_THREADS=2 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false timeout 3600 $(LMMS_VENV)/bin/python \
+	  tests/integration/lmms/check_families.py --workdir runs/test-lmms
 	OMP_NUM_THREADS=2 HF_HUB_OFFLINE=1 timeout 600 $(LMMS_VENV)/bin/python -m pytest -p no:cacheprovider -q \
 	  tests/test_integrations_importers.py
 

@@ -10,6 +10,7 @@ Expected pixels are worked out here by hand from each family's published arithme
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from fastapi.testclient import TestClient
@@ -82,6 +83,11 @@ def test_a_scripted_answer_becomes_pixel_boxes_of_a_non_square_image(lms, family
     (obj,) = out.objects
     assert obj.box == pytest.approx(box, abs=1e-6)
     assert obj.phrase == PHRASE[family]
+    # the plain text (for people, and before the boxes the tool harness writes) holds no location: read with
+    # the image's codec, as the objects are (Qwen2.5-VL's numbers are pixels of this image's resized input)
+    _, frame = lm.processor.image(scene())
+    assert lm.processor.parse(out.plain_text, frame) == []
+    assert out.plain_text == (PHRASE[family] or "")
 
 
 def generated_ids(lm, encoded) -> list[list[int]]:
@@ -191,7 +197,11 @@ def test_the_tool_harness_writes_boxes_in_fractions_of_the_original_image(lms, f
     with forced(lm, [answer]):
         (text,) = harness.generate([Request(scene(), REFER, max_new_tokens=80)])
     fractions = [box[0] / 120, box[1] / 80, box[2] / 120, box[3] / 80]
-    assert text.endswith("[" + ", ".join(f"{v:.4f}" for v in fractions) + "]")
+    written = "[" + ", ".join(f"{v:.4f}" for v in fractions) + "]"
+    assert text.endswith(written)
+    # lmms-eval's refcoco_bbox_rec and VLMEvalKit's RefCOCO scorer read the FIRST bracketed four numbers
+    first = re.search(r"\[\s*[-\d.]+\s*,\s*[-\d.]+\s*,\s*[-\d.]+\s*,\s*[-\d.]+\s*\]", text)
+    assert first is not None and first.group(0) == written, text
     assert harness.prompt_for(prompt) == prompt
 
 

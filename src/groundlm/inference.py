@@ -209,11 +209,13 @@ class GroundLM:
         self, text: str, frame: Frame | None, decoded: Sequence[Sequence[float]] = (), masks: Sequence = ()
     ) -> Answer:
         """The `Answer` of a generated text: its objects (boxes in pixels; `decoded` are a decode hook's
-        boxes) with the i-th mask on the i-th object, and the plain text."""
+        boxes) with the i-th mask on the i-th object, and the plain text. Both are read by the codec of the
+        image's frame: a family's numbers can depend on the image (Qwen2.5-VL's pixels of its resized input), and
+        a codec that does not read an answer's boxes leaves them in its plain text."""
         objects = self.processor.parse(text, frame, decoded)
         for obj, mask in zip(objects, masks, strict=False):
             obj.mask = mask  # COCO RLE in original pixels
-        return Answer(text, objects, self.processor.codec.strip(text))
+        return Answer(text, objects, self.processor.codec_for(frame).strip(text))
 
 
 def _cut(text: str, stops: Sequence[str]) -> str:

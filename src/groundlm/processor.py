@@ -23,7 +23,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from .geometry import Frame
 from .images import CLIP_MEAN, CLIP_STD, ImageInput, ImageTransform, load_image
-from .location import GroundedObject, make_codec
+from .location import GroundedObject, LocationCodec, make_codec
 from .modeling.marks import mark_map
 from .records import BOX_SLOT
 from .templates import IMAGE_PLACEHOLDER, ChatTemplate, get_template
@@ -251,6 +251,11 @@ class GroundLMProcessor:
         if stop and stop in text:
             text = text[: text.index(stop)]
         return text.strip()
+
+    def codec_for(self, frame: Frame | None) -> LocationCodec:
+        """The codec that reads an answer about an image of `frame`: a groundlm model's one codec, whatever the
+        image (a family processor's can depend on the image, backends/base.py)."""
+        return self.codec
 
     def parse(
         self, text: str, frame: Frame | None, decoded: Sequence[Sequence[float]] = ()

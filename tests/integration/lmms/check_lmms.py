@@ -15,9 +15,11 @@ Runs in `.venv-lmms` (lmms-eval 0.7 and groundlm installed with `-e .[lmms]`; se
    them over gloo; every rank must run and the scores must not change);
 5. `groundlm data import refcoco-lmms` of the same parquet file and `groundlm eval --benchmark records
    --convention default` (lmms-eval's rule: continuous IoU, hit when IoU >= 0.5);
-6. Acc@0.5 must be equal, the mean IoU equal within the rounding of the written boxes (4 decimals), and the hit
-   of every row the same; `groundlm eval --predictions-format lmms_samples --reading lmms_eval` of lmms-eval's
-   own samples log must give lmms-eval's Acc@0.5 and mean IoU;
+6. Acc@0.5 must be equal, the mean IoU equal within the rounding of the written boxes (4 decimals); on every row
+   the box lmms-eval parsed must be groundlm's as written, lmms-eval's IoU of it groundlm's, and the hit the
+   same (`row_differences`, which check_vlmevalkit.py and check_families.py use too); `groundlm eval
+   --predictions-format lmms_samples --reading lmms_eval` of lmms-eval's own samples log must give lmms-eval's
+   Acc@0.5 and mean IoU;
 7. multiple choice (`loglikelihood`): a local `output_type: multiple_choice` task of ShapesWorld colour questions
    with four choices; lmms-eval's `acc` and each row's pick must equal an independent scoring with the groundlm
    model (the highest summed log-probability of a choice, one plain forward pass each; shapes_mc.py).
@@ -44,6 +46,10 @@ RECIPE = HERE / "shapes_rec.yaml"
 TASK = "groundlm_shapes_refcoco_bbox_rec"
 REC_PROMPT = "[refer] give me the location of {}"  # the ShapesWorld model's instruction (MiniGPT-v2's)
 MAX_NEW_TOKENS = 48  # groundlm eval's default, so both decode the same answers
+# How far one row's IoU under a tool may be from groundlm eval's: the tools read boxes written with 4 decimals,
+# which move each corner by at most 5e-5 of a side; against ShapesWorld targets, at least a tenth of a side wide,
+# that is about 4 x 5e-5 / 0.1 = 2e-3 of IoU at most (the written box itself is checked exactly, row_differences).
+IOU_ROUNDING = 5e-3
 
 
 def log(message: str) -> None:
@@ -74,20 +80,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def trained_model(workdir: Path, timeout: float) -> Path:
-    """Train the recipe into WORKDIR/train (skipped when that run exists for this very recipe)."""
-    run_dir = workdir / "train"
-    digest = hashlib.sha256(RECIPE.read_bytes()).hexdigest()
+def trained_model(recipe: Path, run_dir: Path, timeout: float, depends_on: bytes = b"") -> Path:
+    """Train `recipe` into `run_dir` (skipped when that run exists for this very recipe and `depends_on`, the
+    bytes of whatever else decides the result, e.g. how its starting checkpoint is built)."""
+    digest = hashlib.sha256(recipe.read_bytes() + depends_on).hexdigest()
     stamp = run_dir / "recipe.sha256"
     if (run_dir / "model" / "config.json").is_file() and stamp.is_file() and stamp.read_text() == digest:
-        log(f"reusing the model trained from {RECIPE.name} in {run_dir / 'model'}")
+        log(f"reusing the model trained from {recipe.name} in {run_dir / 'model'}")
         return run_dir / "model"
     if run_dir.exists():
         subprocess.run(["rm", "-rf", str(run_dir)], check=True)
     started = time.monotonic()
-    groundlm_cli("train", str(RECIPE), "--out", str(run_dir), timeout=timeout)
+    groundlm_cli("train", str(recipe), "--out", str(run_dir), timeout=timeout)
     stamp.write_text(digest)
-    log(f"trained in {time.monotonic() - started:.0f} s")
+    log(f"trained {recipe.name} in {time.monotonic() - started:.0f} s")
     return run_dir / "model"
 
 
@@ -163,11 +169,12 @@ def write_task(workdir: Path, parquet: Path) -> Path:
 
 
 # ---- the two evaluations ------------------------------------------------------------------------------------
-def lmms_eval_run(model: Path, tasks: Path, out: Path, processes: int, timeout: float) -> tuple[dict, dict]:
+def lmms_eval_run(model: Path, tasks: Path, out: Path, processes: int, timeout: float,
+                  max_new_tokens: int = MAX_NEW_TOKENS) -> tuple[dict, dict]:
     """Run lmms-eval; return its metrics of the task and its per-sample predictions by question id."""
     if out.exists():
         subprocess.run(["rm", "-rf", str(out)], check=True)
-    model_args = (f"pretrained={model},device=cpu,batch_size=8,max_new_tokens={MAX_NEW_TOKENS},"
+    model_args = (f"pretrained={model},device=cpu,batch_size=8,max_new_tokens={max_new_tokens},"
                   f"rec_prompt={REC_PROMPT}")
     args = ["--model", "groundlm", "--model_args", model_args, "--tasks", TASK, "--include_path", str(tasks),
             "--batch_size", "8", "--output_path", str(out), "--log_samples"]
@@ -211,14 +218,15 @@ def rescored_log(samples: Path, workdir: Path) -> dict:
     return json.loads((out / "metrics.json").read_text())["refer"]
 
 
-def groundlm_run(model: Path, parquet: Path, workdir: Path, timeout: float) -> tuple[dict, list[dict]]:
+def groundlm_run(model: Path, parquet: Path, workdir: Path, timeout: float,
+                 max_new_tokens: int = MAX_NEW_TOKENS) -> tuple[dict, list[dict]]:
     """Import the parquet file into records and evaluate with `groundlm eval`; return metrics and rows."""
     data = workdir / "groundlm-data"
     groundlm_cli("data", "import", "refcoco-lmms", str(parquet), "--out", str(data), "--force", timeout=600)
     out = workdir / "groundlm-eval"
     groundlm_cli("eval", str(model), "--benchmark", "records", "--data", str(data / "records.jsonl"),
                  "--out", str(out), "--convention", "default", "--batch-size", "8",
-                 "--max-new-tokens", str(MAX_NEW_TOKENS), timeout=timeout)
+                 "--max-new-tokens", str(max_new_tokens), timeout=timeout)
     metrics = json.loads((out / "metrics.json").read_text())
     rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines() if line.strip()]
     return metrics, rows
@@ -226,9 +234,6 @@ def groundlm_run(model: Path, parquet: Path, workdir: Path, timeout: float) -> t
 
 def compare(lmms: dict, samples: dict, ours: dict, rows: list[dict], label: str) -> list[str]:
     """The differences between lmms-eval's scores and groundlm's (empty when they agree)."""
-    from groundlm.evaluate.rec import is_hit
-    from groundlm.geometry import box_iou
-
     problems = []
     refer = ours["refer"]
     log_file = samples.pop("__file__")
@@ -254,18 +259,61 @@ def compare(lmms: dict, samples: dict, ours: dict, rows: list[dict], label: str)
             continue
         data = sample["refcoco_ACC@0.5"]
         w, h = row["width"], row["height"]
-        pred = [data["pred"][0] * w, data["pred"][1] * h, data["pred"][2] * w, data["pred"][3] * h]
         target = row["objects"][0]["box"]
-        lmms_hit = is_hit(box_iou(pred, target))
-        objects = row["prediction_objects"]
-        our_hit = bool(objects) and is_hit(box_iou(objects[0]["box"], target))
-        if lmms_hit != our_hit:
-            problems.append(f"{label}: row {row['id']}: lmms-eval hit {lmms_hit}, groundlm hit {our_hit} "
-                            f"({sample['filtered_resps']} vs {row['prediction']!r})")
         expected = [v / s for v, s in zip(target, (w, h, w, h), strict=True)]
         if any(abs(a - b) > 1e-5 for a, b in zip(data["bbox"], expected, strict=True)):
             problems.append(f"{label}: row {row['id']}: lmms-eval's target {data['bbox']} is not {expected}")
+        problems += [f"{label}: row {row['id']}: {p}" for p in row_differences(data["pred"], row)]
     return problems
+
+
+def written_box(row: dict) -> list[float]:
+    """groundlm eval's first box of a row as the harness writes it for the tools: fractions of the original
+    image, clipped to [0, 1], `Harness.decimals` (4) digits; [0, 0, 0, 0] (what both tools' parsers fall back
+    to) when the answer has no box."""
+    objects = row["prediction_objects"]
+    if not objects:
+        return [0.0, 0.0, 0.0, 0.0]
+    sides = (row["width"], row["height"], row["width"], row["height"])
+    return [round(min(max(v / s, 0.0), 1.0), 4) for v, s in zip(objects[0]["box"], sides, strict=True)]
+
+
+def row_iou(row: dict) -> float:
+    """groundlm eval's continuous IoU of a row (its first box against the target; 0 without a box)."""
+    from groundlm.geometry import box_iou
+
+    objects = row["prediction_objects"]
+    return box_iou(objects[0]["box"], row["objects"][0]["box"]) if objects else 0.0
+
+
+def row_differences(pred: list[float], row: dict, iou: float | None = None) -> list[str]:
+    """How a tool's reading of one row differs from groundlm eval's (empty when it agrees):
+    - the box the tool parsed (`pred`, fractions of the image) is groundlm's box as written, exactly;
+    - the tool's IoU (`iou`; by default lmms-eval's own `compute_iou` of `pred` and the target) is groundlm's
+      `box_iou` of that written box, to float precision: the same score of the same box;
+    - it is groundlm eval's IoU of the unrounded box within `IOU_ROUNDING`, and the hit (IoU >= 0.5) is the same."""
+    from groundlm.evaluate.rec import is_hit
+    from groundlm.geometry import box_iou
+
+    out = []
+    mine = written_box(row)
+    if any(abs(a - b) > 1e-9 for a, b in zip(pred, mine, strict=True)):
+        out.append(f"the tool read the box {list(pred)}, groundlm answered {mine} ({row['prediction']!r})")
+    sides = (row["width"], row["height"], row["width"], row["height"])
+    target = row["objects"][0]["box"]
+    if iou is None:
+        from lmms_eval.tasks.refcoco.utils_rec import compute_iou  # only lmms-eval's check imports lmms-eval
+
+        iou = compute_iou(list(pred), [v / s for v, s in zip(target, sides, strict=True)])
+    of_written = box_iou([v * s for v, s in zip(mine, sides, strict=True)], target)
+    if abs(iou - of_written) > 1e-9:
+        out.append(f"the tool's IoU {iou!r} of {list(pred)} is not groundlm's {of_written!r} of the same box")
+    ours = row_iou(row)
+    if abs(iou - ours) > IOU_ROUNDING:
+        out.append(f"IoU {iou:.6f} under the tool, {ours:.6f} under groundlm eval ({row['prediction']!r})")
+    if is_hit(iou) != is_hit(ours):
+        out.append(f"hit {is_hit(iou)} under the tool, {is_hit(ours)} under groundlm eval ({row['prediction']!r})")
+    return out
 
 
 def main() -> int:
@@ -287,7 +335,7 @@ def main() -> int:
         return 77
     workdir = args.workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    model = args.model.resolve() if args.model else trained_model(workdir, args.timeout)
+    model = args.model.resolve() if args.model else trained_model(RECIPE, workdir / "train", args.timeout)
     problems, passed = [], []
     if "rec" in checks:
         parquet = write_parquet(workdir, args.scenes)

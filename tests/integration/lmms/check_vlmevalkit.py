@@ -12,7 +12,8 @@ Runs in `.venv-lmms`, where VLMEvalKit is installed as `ms-vlmeval` (ModelScope'
 4. each answer scored by `vlmeval.dataset.refcoco.RefCOCODataset`'s own parse, scale guess, ground-truth reader
    and IoU (hit when IoU >= 0.5, its IOU_THRESHOLD);
 5. `groundlm data import refcoco-vlmevalkit` of the TSV and `groundlm eval --benchmark records`;
-6. the hit of every row and the Precision@1 must be equal.
+6. on every row the box VLMEvalKit read must be groundlm's as written, its IoU groundlm's (and so the hit);
+   Precision@1 and mean IoU must be equal.
 Exit codes: 0 equal, 1 a difference or a failure, 77 skipped (VLMEvalKit not importable here).
 """
 
@@ -29,7 +30,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from check_lmms import MAX_NEW_TOKENS, REC_PROMPT, groundlm_cli, log, reshaped  # noqa: E402
+from check_lmms import MAX_NEW_TOKENS, REC_PROMPT, groundlm_cli, log, reshaped, row_differences  # noqa: E402
 
 QUESTION = "Please provide the bounding box coordinate of the region this sentence describes: <ref>{}</ref>"
 
@@ -71,14 +72,15 @@ def write_tsv(workdir: Path, scenes: int) -> tuple[Path, list[dict]]:
     return tsv, rows
 
 
-def vlmevalkit_hits(model: Path, rows: list[dict]) -> dict[str, tuple[int, str]]:
-    """Each row's (hit, answer) under VLMEvalKit's RefCOCO scorer, the answers from GroundLMVLM."""
+def vlmevalkit_hits(model: Path, rows: list[dict], max_new_tokens: int = MAX_NEW_TOKENS) -> dict[str, tuple]:
+    """Each row's (hit, answer, IoU, box read: fractions of the image or None) under VLMEvalKit's RefCOCO
+    scorer, the answers from GroundLMVLM."""
     import pandas as pd
     from vlmeval.dataset.refcoco import RefCOCODataset
 
     from groundlm.integrations.vlmevalkit import GroundLMVLM
 
-    vlm = GroundLMVLM(model_path=str(model), max_new_tokens=MAX_NEW_TOKENS, rec_prompt=REC_PROMPT)
+    vlm = GroundLMVLM(model_path=str(model), max_new_tokens=max_new_tokens, rec_prompt=REC_PROMPT)
     out = {}
     for row in rows:
         message = [{"type": "image", "value": row["image_path"]}, {"type": "text", "value": row["question"]}]
@@ -88,8 +90,53 @@ def vlmevalkit_hits(model: Path, rows: list[dict]) -> dict[str, tuple[int, str]]
         parsed = RefCOCODataset._parse_prediction(answer)
         pred = None if parsed is None else RefCOCODataset._to_absolute(parsed, float(row["width"]), float(row["height"]))
         iou = 0.0 if pred is None or gt is None else float(RefCOCODataset._compute_iou(pred, gt))
-        out[row["index"]] = (int(iou >= RefCOCODataset.IOU_THRESHOLD), answer, iou)
+        w, h = float(row["width"]), float(row["height"])
+        read = None if pred is None else [pred[0] / w, pred[1] / h, pred[2] / w, pred[3] / h]
+        out[row["index"]] = (int(iou >= RefCOCODataset.IOU_THRESHOLD), answer, iou, read)
     return out
+
+
+def groundlm_eval(model: Path, tsv: Path, workdir: Path, timeout: float,
+                  max_new_tokens: int = MAX_NEW_TOKENS) -> tuple[dict, list[dict]]:
+    """`groundlm data import refcoco-vlmevalkit` of the TSV and `groundlm eval`: its refer metrics and rows."""
+    data = workdir / "groundlm-vlmevalkit-data"
+    groundlm_cli("data", "import", "refcoco-vlmevalkit", str(tsv), "--out", str(data), "--force", timeout=600)
+    out = workdir / "groundlm-vlmevalkit-eval"
+    groundlm_cli("eval", str(model), "--benchmark", "records", "--data", str(data / "records.jsonl"), "--out",
+                 str(out), "--convention", "default", "--batch-size", "8", "--max-new-tokens", str(max_new_tokens),
+                 timeout=timeout)
+    ours = json.loads((out / "metrics.json").read_text())["refer"]
+    predictions = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines() if line.strip()]
+    return ours, predictions
+
+
+def scores(theirs: dict[str, tuple]) -> tuple[float, float]:
+    """VLMEvalKit's Precision@1 (in %) and mean IoU of `vlmevalkit_hits`' rows."""
+    precision = 100 * sum(hit for hit, _, _, _ in theirs.values()) / len(theirs)
+    return precision, sum(iou for _, _, iou, _ in theirs.values()) / len(theirs)
+
+
+def compare(theirs: dict[str, tuple], ours: dict, predictions: list[dict], label: str) -> list[str]:
+    """The differences between VLMEvalKit's scores and groundlm eval's (empty when they agree): the same rows,
+    on every row the same box read, IoU and hit (check_lmms.row_differences), the same Precision@1 and mean IoU."""
+    precision, mean_iou = scores(theirs)
+    log(f"{label}: VLMEvalKit scorer: Precision@1 {precision:.2f}, mean IoU {mean_iou:.4f} over {len(theirs)} "
+        f"rows; groundlm eval accuracy {100 * ours['accuracy']:.2f} ({ours['hits']}/{ours['total']}), mean IoU "
+        f"{ours['mean_iou']:.4f}")
+    problems = []
+    if len(predictions) != len(theirs):
+        problems.append(f"{label}: groundlm scored {len(predictions)} rows, VLMEvalKit {len(theirs)}")
+    for row in predictions:
+        _, answer, iou, read = theirs[row["meta"]["index"]]
+        # VLMEvalKit reads no box where neither its regex nor its number fallback finds four numbers; both
+        # tools' harness answers then write none, which lmms-eval reads as [0, 0, 0, 0]
+        found = row_differences(read if read is not None else [0.0, 0.0, 0.0, 0.0], row, iou)
+        problems += [f"{label}: row {row['id']}: {p} (VLMEvalKit was answered {answer!r})" for p in found]
+    if abs(precision - 100 * ours["accuracy"]) > 1e-9:
+        problems.append(f"{label}: Precision@1 {precision} differs from groundlm's accuracy {100 * ours['accuracy']}")
+    if abs(mean_iou - ours["mean_iou"]) > 1e-3:
+        problems.append(f"{label}: mean IoU {mean_iou} differs from groundlm's {ours['mean_iou']}")
+    return problems
 
 
 def main() -> int:
@@ -111,35 +158,8 @@ def main() -> int:
         return 1
     tsv, rows = write_tsv(workdir, args.scenes)
     theirs = vlmevalkit_hits(model, rows)
-    data = workdir / "groundlm-vlmevalkit-data"
-    groundlm_cli("data", "import", "refcoco-vlmevalkit", str(tsv), "--out", str(data), "--force", timeout=600)
-    out = workdir / "groundlm-vlmevalkit-eval"
-    groundlm_cli("eval", str(model), "--benchmark", "records", "--data", str(data / "records.jsonl"), "--out",
-                 str(out), "--convention", "default", "--batch-size", "8", "--max-new-tokens", str(MAX_NEW_TOKENS),
-                 timeout=args.timeout)
-    ours = json.loads((out / "metrics.json").read_text())["refer"]
-    predictions = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines() if line.strip()]
-    precision = 100 * sum(hit for hit, _, _ in theirs.values()) / len(theirs)
-    mean_iou = sum(iou for _, _, iou in theirs.values()) / len(theirs)
-    log(f"VLMEvalKit scorer: Precision@1 {precision:.2f}, mean IoU {mean_iou:.4f} over {len(theirs)} rows; "
-        f"groundlm eval accuracy {100 * ours['accuracy']:.2f} ({ours['hits']}/{ours['total']}), mean IoU "
-        f"{ours['mean_iou']:.4f}")
-    problems = []
-    if len(predictions) != len(theirs):
-        problems.append(f"groundlm scored {len(predictions)} rows, VLMEvalKit {len(theirs)}")
-    for row in predictions:
-        hit, answer, _ = theirs[row["meta"]["index"]]
-        objects = row["prediction_objects"]
-        from groundlm.evaluate.rec import is_hit
-        from groundlm.geometry import box_iou
-
-        our_hit = int(bool(objects) and is_hit(box_iou(objects[0]["box"], row["objects"][0]["box"])))
-        if hit != our_hit:
-            problems.append(f"row {row['id']}: VLMEvalKit hit {hit} ({answer!r}), groundlm {our_hit} ({row['prediction']!r})")
-    if abs(precision - 100 * ours["accuracy"]) > 1e-9:
-        problems.append(f"Precision@1 {precision} differs from groundlm's accuracy {100 * ours['accuracy']}")
-    if abs(mean_iou - ours["mean_iou"]) > 1e-3:
-        problems.append(f"mean IoU {mean_iou} differs from groundlm's {ours['mean_iou']}")
+    ours, predictions = groundlm_eval(model, tsv, workdir, args.timeout)
+    problems = compare(theirs, ours, predictions, "groundlm model")
     for p in problems:
         log("FAIL: " + p)
     if problems:
