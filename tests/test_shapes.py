@@ -375,17 +375,13 @@ def test_captions_and_grounding_count_every_object_in_reading_order():
             assert count == 1 or first != "one"
             idx = [int(i) for i in SLOTS.findall(slots)]
             assert sorted(idx) == _matching(scene, None, *m.groups()) and len(idx) == count
-            assert [_centre(scene, i) for i in idx] == sorted(_centre(scene, i) for i in idx)
+            assert [scene.objects[i].centre for i in idx] == sorted(scene.objects[i].centre for i in idx)
             seen += idx
         assert sorted(seen) == list(range(len(scene.objects)))
         # reading order: each phrase starts at the object left of (or above) every later phrase's first
-        firsts = [_centre(scene, int(SLOTS.findall(slots)[0])) for _, slots in phrases]
+        firsts = [scene.objects[int(SLOTS.findall(slots)[0])].centre for _, slots in phrases]
         assert firsts == sorted(firsts)
 
-
-def _centre(scene, i: int) -> tuple[float, float]:
-    x1, y1, x2, y2 = scene.objects[i].box
-    return ((x1 + x2) / 2, (y1 + y2) / 2)
 
 
 def test_identify_and_region_chat_answers():

@@ -3,8 +3,9 @@ prompt conventions, frame and location codec.
 
 `GroundLM` (inference.py), the server (serve/engine.py), the evaluation runner and the tool integrations only
 ever call a processor's `prompt`, `image`, `encode`, `render_locations`, `pad`, `decode`, `parse`, `codec`
-(`history`, `decode_hook`), `codec_for(frame)` (`strip`), `config.frame`, `config.image_token`, `tokenizer`, `template.stop` and
-`stop_token_id`. `FamilyProcessor` gives all of them; a family module (one per family) fills in four hooks:
+(`history`, `decode_hook`), `codec_for(frame)` (`strip`), `config.frame`, `config.image_token`, `tokenizer`,
+`template.stop` and `stop_token_id`. `FamilyProcessor` gives all of them; a family module (one per family)
+fills in four hooks:
 
 - `ask_text(asked)`: the family's prompt for a groundlm task (`tasks.read_task`), e.g. Florence-2's
   `<OD>`, PaliGemma's `detect cat`, Kosmos-2's `<grounding>`; `UnsupportedTask` for a task it has no prompt for;

@@ -138,13 +138,8 @@ def choose_referent(scene: Scene, rng: random.Random) -> tuple[int, str, str] | 
 def caption_groups(scene: Scene) -> list[tuple[str, list[int]]]:
     """The caption's phrases and their objects, in reading order: left to right by each group's leftmost
     object (then top to bottom), so the order is one the image shows."""
-
-    def centre(i: int) -> tuple[float, float]:
-        x1, y1, x2, y2 = scene.objects[i].box
-        return ((x1 + x2) / 2, (y1 + y2) / 2)
-
     groups: dict[tuple[str, str], list[int]] = {}
-    for i in sorted(range(len(scene.objects)), key=centre):
+    for i in sorted(range(len(scene.objects)), key=lambda i: scene.objects[i].centre):
         o = scene.objects[i]
         groups.setdefault((o.colour, o.shape), []).append(i)
     out = []

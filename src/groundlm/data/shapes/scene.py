@@ -111,6 +111,12 @@ class ShapeObject:
         return int(self.mask.sum())
 
     @property
+    def centre(self) -> tuple[float, float]:
+        """The box's centre (x, y) in pixels: captions name objects in reading order by it."""
+        x1, y1, x2, y2 = self.box
+        return ((x1 + x2) / 2, (y1 + y2) / 2)
+
+    @property
     def label(self) -> str:
         """The full description, e.g. ``large red circle`` (the record label and the identify answer)."""
         return f"{self.size} {self.colour} {self.shape}"
