@@ -356,11 +356,16 @@ def test_recipe_dry_run_starts_from_a_groundlm_directory(tiny_dir, tmp_path):
     assert saved["model"]["init_from"] == {"path": str(tiny_dir), "kind": "groundlm", "options": {}}
 
 
-def test_init_from_refuses_a_knob_the_weights_fix(tiny_dir, tmp_path):
+def test_init_from_refuses_the_knobs_the_weights_fix_naming_every_one(tiny_dir, tmp_path):
     recipe = tiny_recipe()
-    recipe["model"] = {"init_from": str(tiny_dir)}  # connector left at mlp2x_gelu; the model has concat4
-    with pytest.raises(ValueError, match="model.connector: the recipe says 'mlp2x_gelu' .* write connector: concat4"):
+    # connector left at mlp2x_gelu (the model has concat4), frame set to pad (the model has resize)
+    recipe["model"] = {"init_from": str(tiny_dir), "frame": "pad"}
+    with pytest.raises(ValueError) as err:
         train(dry_run(from_dict(recipe)), tmp_path, progress=False)
+    message = str(err.value)
+    assert "model.connector: the recipe says 'mlp2x_gelu', the model has 'concat4'" in message
+    assert "model.frame: the recipe says 'pad', the model has 'resize'" in message
+    assert message.endswith("write connector: concat4, frame: resize")
 
 
 def test_recipe_dry_run_starts_from_llava_hf_with_location_tokens_on_top(published, tmp_path):

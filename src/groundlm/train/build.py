@@ -300,12 +300,12 @@ def _from_init(spec: ModelSpec, seed: int):
         "template": processor.config.template,
         "frame": processor.config.frame,
     }
-    for name in FIXED_BY_INIT:
-        if getattr(spec, name) != loaded[name]:
-            raise ValueError(
-                f"model.{name}: the recipe says {getattr(spec, name)!r} but the model in init_from ({path}) has "
-                f"{loaded[name]!r}; write {name}: {loaded[name]}"
-            )
+    # every mismatch at once, so one edit of the recipe fixes them all
+    wrong = [n for n in FIXED_BY_INIT if getattr(spec, n) != loaded[n]]
+    if wrong:
+        said = "; ".join(f"model.{n}: the recipe says {getattr(spec, n)!r}, the model has {loaded[n]!r}" for n in wrong)
+        write = ", ".join(f"{n}: {loaded[n]}" for n in wrong)
+        raise ValueError(f"{said} (init_from: {path}); write {write}")
     return _with_codec(spec, model, processor, seed)
 
 
