@@ -303,7 +303,9 @@ def _from_init(spec: ModelSpec, seed: int):
     # every mismatch at once, so one edit of the recipe fixes them all
     wrong = [n for n in FIXED_BY_INIT if getattr(spec, n) != loaded[n]]
     if wrong:
-        said = "; ".join(f"model.{n}: the recipe says {getattr(spec, n)!r}, the model has {loaded[n]!r}" for n in wrong)
+        said = "; ".join(
+            f"model.{n}: the recipe says {getattr(spec, n)!r}, the model has {loaded[n]!r}" for n in wrong
+        )
         write = ", ".join(f"{n}: {loaded[n]}" for n in wrong)
         raise ValueError(f"{said} (init_from: {path}); write {write}")
     return _with_codec(spec, model, processor, seed)
