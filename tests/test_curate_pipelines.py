@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -107,6 +108,30 @@ def test_gvc_on_shapesworld_grounds_each_phrase_on_its_boxes(tmp_path):
         assert record.messages[1].content == expected.messages[1].content
         assert [o.box for o in record.objects] == [o.box for o in expected.objects]
         assert record.meta["source"] == "curate/gvc" and record.meta["task"] == "grounding"
+
+
+def test_endpoint_model_and_key_from_the_environment_and_a_replaced_prompt_set(tmp_path):
+    source, truth = shapes_source(tmp_path, n=3)
+    prompts = tmp_path / "my-gvc"  # a user's set: another system prompt, one shot instead of two
+    shutil.copytree(shipped("gvc"), prompts)
+    (prompts / "system.txt").write_text("Mark each phrase naming an object as <p>phrase</p>[k]. Reply in JSON.\n")
+    first_shot = (prompts / "examples.jsonl").read_text().splitlines()[0]
+    (prompts / "examples.jsonl").write_text(first_shot + "\n")
+    respond, _ = _marking_llm(truth)
+    out = tmp_path / "gvc.jsonl"
+    with ScriptedLLM(respond) as server:
+        env = {"OPENAI_BASE_URL": server.base_url, "GROUNDLM_CURATE_MODEL": "env-model", "OPENAI_API_KEY": "sk-env"}
+        result = CliRunner().invoke(app, ["curate", "gvc", str(source), "--out", str(out), "--prompts", str(prompts),
+                                          "--limit", "2"], env=env)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "2 records; 2 LLM requests" in result.output
+    assert [b["model"] for b in server.bodies] == ["env-model"] * 2
+    assert server.keys == ["Bearer sk-env"] * 2
+    for body in server.bodies:  # system, one shot (user + assistant), the caption
+        assert [m["role"] for m in body["messages"]] == ["system", "user", "assistant", "user"]
+        assert body["messages"][0]["content"] == (prompts / "system.txt").read_text().strip()
+        assert body["messages"][1]["content"] == json.loads(first_shot)["context"]
+    assert len(read_jsonl(out)) == 2
 
 
 def _instruct_llm(body: dict) -> str:
