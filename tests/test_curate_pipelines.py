@@ -236,6 +236,24 @@ def test_a_killed_run_resumes_without_duplicates_or_repeated_requests(tmp_path, 
     assert f"{18 - len(second_run)} answers from the cache" in output
 
 
+def test_a_run_in_a_terminal_shows_the_images_done_and_the_tokens_spent(tmp_path):
+    source, _ = shapes_source(tmp_path, n=3)
+    with ScriptedLLM(lambda body: Reply("not json", delay=0.2)) as server:
+        command = [sys.executable, "-m", "groundlm", "curate", "gvc", str(source), "--out", str(tmp_path / "g.jsonl"),
+                   "--base-url", server.base_url, "--model", "scripted", "--invalid-retries", "0",
+                   "--concurrency", "1"]  # fmt: skip
+        # rich draws its bar when it believes stderr is a terminal
+        env = {**child_env(), "TTY_COMPATIBLE": "1", "COLUMNS": "200"}
+        run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    bar = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", run.stderr)  # the bar's text without its colours and moves
+    spent = re.search(r"\((\d+) prompt \+ (\d+) completion tokens\)", run.stdout)
+    total = int(spent.group(1)) + int(spent.group(2))
+    assert total > 0
+    assert re.search(rf"3/3 .* {total} tokens, 0 cached, 3 skipped", bar), bar[-500:]
+    assert re.search(r"1/3 .* [1-9]\d* tokens, 0 cached, 1 skipped", bar), bar[-500:]  # shown while it runs
+
+
 @pytest.mark.realdata
 def test_gvc_and_llava_instruct_on_real_coco_captions_and_boxes(tmp_path):
     from groundlm.data.importers import from_llava_caps_boxes
