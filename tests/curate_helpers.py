@@ -3,8 +3,9 @@
 `ScriptedLLM` is a real HTTP server (FastAPI under uvicorn, in a thread) speaking the chat-completions API, so
 the official `openai` client, its errors and the retry logic run exactly as against vLLM or a hosted API. What
 it answers is a Python function of the request body (`responder`), which returns the answer text or a `Reply`
-with an HTTP status, a delay or headers. It counts requests, keeps every body, and tracks how many requests
-were in flight at once. Token counts in `usage` are the scripted server's (characters / 4), not a tokenizer's.
+with an HTTP status, a delay or headers. It counts requests, keeps every body and API key, and tracks how
+many requests were in flight at once. Token counts in `usage` are the scripted server's (characters / 4),
+not a tokenizer's.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ class ScriptedLLM:
 
         self.responder = responder or (lambda body: "ok")
         self.bodies: list[dict] = []  # every request received, in order
+        self.keys: list[str | None] = []  # each request's Authorization header, in the same order
         self.answered: list[dict] = []  # the requests answered with 200, in order
         self.in_flight = 0
         self.most_in_flight = 0
@@ -64,6 +66,7 @@ class ScriptedLLM:
             body = await request.json()
             with self._lock:
                 self.bodies.append(body)
+                self.keys.append(request.headers.get("authorization"))
                 self.in_flight += 1
                 self.most_in_flight = max(self.most_in_flight, self.in_flight)
             try:

@@ -5,7 +5,9 @@ the answer parsers, prompt-set errors and how sources are merged per image."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
+import socket
 
 import pytest
 from hypothesis import given, settings
@@ -99,6 +101,70 @@ def test_a_wrong_key_or_model_stops_the_run(tmp_path, status):
         with pytest.raises(EndpointError, match=f"HTTP {status}"):
             curate_subjects(pipeline, read_subjects([source]), session, concurrency=1)
         assert len(llm.bodies) == 1  # the first refusal stops every worker
+
+
+def _closed_port() -> int:
+    """A loopback port nothing listens on."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_an_unreachable_endpoint_stops_the_run_after_one_request_s_retries(tmp_path):
+    source, _ = shapes_source(tmp_path, n=3)
+    pipeline = PIPELINES["llava-instruct"](PromptSet(shipped("llava-instruct")))
+    client = LLMClient(Endpoint(f"http://127.0.0.1:{_closed_port()}/v1", "scripted", timeout_s=10), FAST)
+    session = Session(client, Cache(tmp_path / "cache.sqlite"))
+    unreachable = r"cannot reach http://127\.0\.0\.1:\d+/v1 \(model 'scripted'; .*after 4 attempts\)"
+    with pytest.raises(EndpointError, match=unreachable):
+        curate_subjects(pipeline, read_subjects([source]), session, concurrency=1)
+    assert client.attempts == 4  # the first request's attempts; no image is skipped for it
+
+
+def test_a_request_timing_out_on_every_attempt_is_skipped_and_the_run_goes_on(tmp_path):
+    with ScriptedLLM(lambda body: Reply("late", delay=1.0)) as llm:
+        client = LLMClient(Endpoint(llm.base_url, "scripted", timeout_s=0.2), Backoff(retries=1, first_s=0.0))
+        session = Session(client, Cache(tmp_path / "cache.sqlite"))
+        with pytest.raises(Skip, match=r"detail: no answer \(APITimeoutError: .*\(after 2 attempts\)\)"):
+            session.ask([{"role": "user", "content": "hi"}], str, what="detail")
+    assert len(llm.bodies) == 2
+
+
+def _settings_set(tmp_path) -> str:
+    """A copy of the shipped gvc prompt set whose settings.json has a seed of the wrong type."""
+    folder = tmp_path / "prompts"
+    shutil.copytree(shipped("gvc"), folder)
+    (folder / "settings.json").write_text(json.dumps({"seed": "zero"}))
+    return str(folder)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (lambda tmp: ["gvc", "--base-url", f"http://127.0.0.1:{_closed_port()}/v1"],
+         r"cannot reach http://127\.0\.0\.1:\d+/v1 \(model 'scripted'; APIConnectionError"),
+        (lambda tmp: ["minigpt4-detail", "--base-url", "http://127.0.0.1:1/v1", "--describer", str(tmp)],
+         r"--describer \S+: not a groundlm model directory \(.*model\.safetensors"),
+        (lambda tmp: ["gvc", "--base-url", "http://127.0.0.1:1/v1", "--prompts", _settings_set(tmp)],
+         r"prompts/settings\.json: seed must be an integer, got 'zero'"),
+    ],
+    ids=["unreachable-endpoint", "describer-not-a-model", "prompt-setting-of-the-wrong-type"],
+)  # fmt: skip
+def test_bad_input_stops_the_command_with_one_line_naming_it(tmp_path, args, message):
+    from typer.testing import CliRunner
+
+    from groundlm.cli import app
+
+    source, _ = shapes_source(tmp_path, n=2)
+    pipeline, *options = args(tmp_path)
+    out = tmp_path / "out.jsonl"
+    result = CliRunner().invoke(app, ["curate", pipeline, str(source), "--out", str(out), *options,
+                                      "--model", "scripted", "--backoff", "0", "--max-retries", "1"])  # fmt: skip
+    assert result.exit_code == 1, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    assert re.search(message, lines[0]), lines[0]
+    assert not out.exists()
 
 
 def test_invalid_answers_are_asked_again_then_skipped_remembered_and_never_returned(tmp_path):

@@ -5,14 +5,16 @@ images, loaded here or behind `groundlm serve`'s app, and a scripted chat LLM co
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from groundlm.cli import app
 from groundlm.curate import LocalDescriber, PromptSet, shipped
-from groundlm.records import read_jsonl
+from groundlm.records import Message, Record, read_jsonl, write_jsonl
 
+from .conftest import realdata
 from .curate_helpers import ScriptedLLM, last_user, shapes_source
 from .serve_helpers import ServerThread
 
@@ -81,6 +83,28 @@ def test_a_local_groundlm_model_describes_continues_when_short_and_the_llm_text_
                       "--device", "cpu", "--describe-max-tokens", "6", "--concurrency", "1")
         assert llm.bodies == []
     assert "0 LLM requests" in output and out.read_text() == before
+
+
+@pytest.mark.realdata
+def test_real_photos_of_every_image_mode_are_described_corrected_and_checked(tmp_path, tiny_dir):
+    photos = realdata("images")
+    names = ["astronaut.png", "camera.png", "horse.png", "rocket.jpg"]  # RGB, grayscale (L), RGBA, JPEG
+    sources = [Record(f"photo-{Path(n).stem}", n, [], [Message("user", "[caption] describe the image"),
+                                                       Message("assistant", "a photograph")]) for n in names]
+    write_jsonl(tmp_path / "photos.jsonl", sources)
+    out = tmp_path / "detail.jsonl"
+    with ScriptedLLM(_fixer("")) as llm:
+        output = _run(str(tmp_path / "photos.jsonl"), "--image-root", str(photos), "--out", str(out),
+                      "--base-url", llm.base_url, "--describer", str(tiny_dir), "--device", "cpu",
+                      "--describe-max-tokens", "6", "--concurrency", "1")
+        described = [last_user(b) for b in llm.bodies]
+    assert "4 records" in output and "skipped" not in output
+    assert all(d.strip() for d in described)  # the LLM was sent what the model said about each photo
+    checked = CliRunner().invoke(app, ["data", "check", str(out)])
+    assert checked.exit_code == 0 and "4 valid records" in checked.output, checked.output
+    records = read_jsonl(out)
+    assert [r.image for r in records] == names
+    assert all(r.messages[1].content == PARAGRAPH and r.meta["source"] == "curate/minigpt4-detail" for r in records)
 
 
 def test_groundlm_serve_as_describer_and_as_chat_llm(tmp_path, tiny_dir):

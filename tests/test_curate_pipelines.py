@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -107,6 +108,30 @@ def test_gvc_on_shapesworld_grounds_each_phrase_on_its_boxes(tmp_path):
         assert record.messages[1].content == expected.messages[1].content
         assert [o.box for o in record.objects] == [o.box for o in expected.objects]
         assert record.meta["source"] == "curate/gvc" and record.meta["task"] == "grounding"
+
+
+def test_endpoint_model_and_key_from_the_environment_and_a_replaced_prompt_set(tmp_path):
+    source, truth = shapes_source(tmp_path, n=3)
+    prompts = tmp_path / "my-gvc"  # a user's set: another system prompt, one shot instead of two
+    shutil.copytree(shipped("gvc"), prompts)
+    (prompts / "system.txt").write_text("Mark each phrase naming an object as <p>phrase</p>[k]. Reply in JSON.\n")
+    first_shot = (prompts / "examples.jsonl").read_text().splitlines()[0]
+    (prompts / "examples.jsonl").write_text(first_shot + "\n")
+    respond, _ = _marking_llm(truth)
+    out = tmp_path / "gvc.jsonl"
+    with ScriptedLLM(respond) as server:
+        env = {"OPENAI_BASE_URL": server.base_url, "GROUNDLM_CURATE_MODEL": "env-model", "OPENAI_API_KEY": "sk-env"}
+        result = CliRunner().invoke(app, ["curate", "gvc", str(source), "--out", str(out), "--prompts", str(prompts),
+                                          "--limit", "2"], env=env)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "2 records; 2 LLM requests" in result.output
+    assert [b["model"] for b in server.bodies] == ["env-model"] * 2
+    assert server.keys == ["Bearer sk-env"] * 2
+    for body in server.bodies:  # system, one shot (user + assistant), the caption
+        assert [m["role"] for m in body["messages"]] == ["system", "user", "assistant", "user"]
+        assert body["messages"][0]["content"] == (prompts / "system.txt").read_text().strip()
+        assert body["messages"][1]["content"] == json.loads(first_shot)["context"]
+    assert len(read_jsonl(out)) == 2
 
 
 def _instruct_llm(body: dict) -> str:
@@ -209,6 +234,24 @@ def test_a_killed_run_resumes_without_duplicates_or_repeated_requests(tmp_path, 
     assert len(repeated) <= 2  # at most the requests in flight when the run died
     assert len(second_run) + len(first_run) - len(repeated) == 18
     assert f"{18 - len(second_run)} answers from the cache" in output
+
+
+def test_a_run_in_a_terminal_shows_the_images_done_and_the_tokens_spent(tmp_path):
+    source, _ = shapes_source(tmp_path, n=3)
+    with ScriptedLLM(lambda body: Reply("not json", delay=0.2)) as server:
+        command = [sys.executable, "-m", "groundlm", "curate", "gvc", str(source), "--out", str(tmp_path / "g.jsonl"),
+                   "--base-url", server.base_url, "--model", "scripted", "--invalid-retries", "0",
+                   "--concurrency", "1"]  # fmt: skip
+        # rich draws its bar when it believes stderr is a terminal
+        env = {**child_env(), "TTY_COMPATIBLE": "1", "COLUMNS": "200"}
+        run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    bar = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", run.stderr)  # the bar's text without its colours and moves
+    spent = re.search(r"\((\d+) prompt \+ (\d+) completion tokens\)", run.stdout)
+    total = int(spent.group(1)) + int(spent.group(2))
+    assert total > 0
+    assert re.search(rf"3/3 .* {total} tokens, 0 cached, 3 skipped", bar), bar[-500:]
+    assert re.search(r"1/3 .* [1-9]\d* tokens, 0 cached, 1 skipped", bar), bar[-500:]  # shown while it runs
 
 
 @pytest.mark.realdata

@@ -91,6 +91,8 @@ def curate(
                                         retry, stop))
         except (FileNotFoundError, ValueError) as err:
             _fail(str(err))
+        except OSError as err:  # a folder without a groundlm model (transformers names the missing file)
+            _fail(f"--describer {describer}: not a groundlm model directory ({err})")
     settings = C.Settings(temperature=temperature, max_tokens=max_tokens, invalid_retries=invalid_retries,
                           retry_invalid=retry_invalid, describe_max_tokens=describe_max_tokens)
     cache_path = cache or out.with_name(out.name + ".cache.sqlite")

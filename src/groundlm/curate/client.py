@@ -4,7 +4,8 @@
 answer's text with the tokens it cost. Transient failures (no connection, time-outs, 408/409/429 and 5xx) are
 retried with exponential backoff, honouring a server's `Retry-After`; a request the endpoint refuses (400,
 422) fails at once as `RequestFailed`, and an endpoint that cannot serve any request at all (401/403: the key;
-404: the URL or the model name) raises `EndpointError`, which stops the run instead of skipping every image.
+404: the URL or the model name; no connection on any attempt: down or a wrong address) raises `EndpointError`,
+which stops the run instead of skipping every image.
 The client's own retries are off, so `Backoff` is the one retry policy (tests make it instant).
 """
 
@@ -104,7 +105,7 @@ class LLMClient:
     def complete(self, messages: list[dict], **params) -> Completion:
         """Send `messages` with `params` (temperature, max_tokens, ...) until an answer comes back."""
         openai = _openai()
-        failure, retry_after = "", None
+        failure, retry_after, reached = "", None, False
         for attempt in range(self.backoff.retries + 1):
             if attempt and self.stop.wait(self.backoff.delay(attempt - 1, retry_after)):
                 raise Stopped(failure)
@@ -124,15 +125,26 @@ class LLMClient:
                         f"{self.endpoint.base_url} answered HTTP {status} ({_FATAL[status]}; model "
                         f"{self.endpoint.model!r}): {_message(err)}"
                     ) from err
-                failure = f"HTTP {status}: {_message(err)}"
+                failure, reached = f"HTTP {status}: {_message(err)}", True
                 if status not in _TRANSIENT and status < 500:
                     raise RequestFailed(failure) from err
                 retry_after = _retry_after(err)
             except openai.APIConnectionError as err:  # time-outs included
                 failure = f"{type(err).__name__}: {err}"
+                reached = reached or _waited(err, openai)
             else:
                 return _completion(response)
-        raise RequestFailed(f"{failure} (after {self.backoff.retries + 1} attempts)")
+        attempts = f"after {self.backoff.retries + 1} attempts"
+        if not reached:  # no attempt connected: every other request would wait out its retries the same way
+            where = f"{self.endpoint.base_url} (model {self.endpoint.model!r}; {failure}, {attempts})"
+            raise EndpointError(f"cannot reach {where}: is the server running at this URL?")
+        raise RequestFailed(f"{failure} ({attempts})")
+
+
+def _waited(err, openai) -> bool:
+    """Whether a failed attempt got through to the server and then timed out waiting for the answer. The
+    transport's connect time-out is told apart by name: openai's transport is httpx or httpx2 by version."""
+    return isinstance(err, openai.APITimeoutError) and type(err.__cause__).__name__ != "ConnectTimeout"
 
 
 def _message(err) -> str:

@@ -19,6 +19,9 @@ import os
 from importlib import resources
 from pathlib import Path
 
+# How a setting's type is named in errors.
+_KINDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+
 
 class PromptError(ValueError):
     """A prompt set's file is missing or malformed."""
@@ -91,7 +94,8 @@ class PromptSet:
             if type(value) is not type(defaults[key]) and not (
                 isinstance(defaults[key], float) and type(value) is int
             ):
-                raise PromptError(f"{path}: {key} must be a {type(defaults[key]).__name__}, got {value!r}")
+                kind = _KINDS.get(type(defaults[key]), type(defaults[key]).__name__)
+                raise PromptError(f"{path}: {key} must be {kind}, got {value!r}")
         return {**defaults, **given}
 
 
