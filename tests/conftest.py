@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-REALDATA = ROOT.parent / "shared" / "realdata"
+# ../shared/realdata beside the project; GROUNDLM_REALDATA points elsewhere (a clone made in another folder)
+REALDATA = Path(os.environ.get("GROUNDLM_REALDATA") or ROOT.parent / "shared" / "realdata")
 
 torch.set_num_threads(2)
 
@@ -36,7 +38,7 @@ def module_one_thread(restore_module_thread_count):
 
 
 def realdata(*parts: str) -> Path:
-    """A path under ../shared/realdata, or skip the test when that data is absent on this machine."""
+    """A path under REALDATA, or skip the test when that data is absent on this machine."""
     path = REALDATA.joinpath(*parts)
     if not path.exists():
         pytest.skip(f"real data not present: {path}")
