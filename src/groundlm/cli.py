@@ -198,7 +198,8 @@ def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out", help="Run folder (a previous demo there is replaced)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the model, the data order and the adapters."),
 ) -> None:
-    """Train a grounded model from scratch on ShapesWorld, evaluate every task, write OUT/report.md."""
+    """Train the demo model on ShapesWorld (the shipped pretrained parts, a new connector), evaluate every task,
+    write OUT/report.md."""
     from .demo import DemoConfig, print_summary, run_demo
     from .train import RecipeError, TrainingStopped
 
