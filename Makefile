@@ -37,8 +37,8 @@ lint: install
 test: install lint
 	OMP_NUM_THREADS=2 HF_HUB_OFFLINE=1 $(BIN)/pytest -x --timeout 900
 
-# Train the demo model on ShapesWorld from the shipped pretrained parts (~15 min on 2 CPU cores), evaluate every task, write
-# runs/demo/report.md and keep the model in runs/demo/model. DEMO_ARGS="--quick" for a 2-minute first look.
+# Train the demo model on ShapesWorld from the shipped pretrained parts (~15 min on 2 CPU cores), evaluate
+# every task, write runs/demo/report.md and keep the model in runs/demo/model. DEMO_ARGS="--quick" for a 2-minute first look.
 demo: install
 	OMP_NUM_THREADS=2 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(BIN)/python -m groundlm demo $(DEMO_ARGS)
 
