@@ -254,6 +254,20 @@ def test_a_run_in_a_terminal_shows_the_images_done_and_the_tokens_spent(tmp_path
     assert re.search(r"1/3 .* [1-9]\d* tokens, 0 cached, 1 skipped", bar), bar[-500:]  # shown while it runs
 
 
+def test_a_run_writing_to_a_log_prints_plain_progress_lines(tmp_path):
+    source, _ = shapes_source(tmp_path, n=3)
+    with ScriptedLLM(lambda body: Reply("not json")) as server:
+        command = [sys.executable, "-m", "groundlm", "curate", "gvc", str(source), "--out", str(tmp_path / "g.jsonl"),
+                   "--base-url", server.base_url, "--model", "scripted", "--invalid-retries", "0",
+                   "--concurrency", "1", "--log-every", "0"]  # fmt: skip
+        run = subprocess.run(command, env=child_env(), capture_output=True, text=True, timeout=120)  # pipes
+    assert run.returncode == 0, run.stderr
+    lines = [line for line in run.stderr.splitlines() if line.startswith("gvc: ")]
+    assert [re.match(r"gvc: (\d)/3 images, ", line).group(1) for line in lines] == ["1", "2", "3"], run.stderr
+    assert re.fullmatch(r"gvc: 3/3 images, [1-9]\d* tokens, 0 cached, 3 skipped", lines[-1]), lines[-1]
+    assert "\x1b[" not in run.stderr  # no bar drawn into the log
+
+
 @pytest.mark.realdata
 def test_gvc_and_llava_instruct_on_real_coco_captions_and_boxes(tmp_path):
     from groundlm.data.importers import from_llava_caps_boxes

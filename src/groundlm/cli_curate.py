@@ -9,6 +9,7 @@ cached in FILE's `.cache.sqlite`, so the same command run again after a crash or
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import typer
@@ -42,6 +43,8 @@ def curate(
     prompts: Path = typer.Option(None, help="A prompt set folder replacing the shipped one (docs/curation.md)."),
     cache: Path = typer.Option(None, help="The answer cache (default: OUT with .cache.sqlite)."),
     concurrency: int = typer.Option(4, help="Requests in flight at once."),
+    log_every: float = typer.Option(30.0, help="Seconds between progress lines when stderr is not a terminal "
+                                    "(a log file); a terminal shows a progress bar instead."),
     max_retries: int = typer.Option(5, help="Retries of a request that failed (connection, 429, 5xx)."),
     backoff: float = typer.Option(1.0, help="Seconds before the first retry; doubled for each next one."),
     invalid_retries: int = typer.Option(2, help="New answers asked for after an invalid one, before skipping."),
@@ -108,10 +111,17 @@ def curate(
         with bar:
             task = bar.add_task(pipeline, total=len(subjects), status="")
 
+            logged = [time.monotonic()]  # when the last progress line went to a log
+
             def advance(tally: C.Tally) -> None:
                 status = (f"{tally.prompt_tokens + tally.completion_tokens} tokens, {tally.cached} cached, "
                           f"{tally.n_skipped} skipped")
                 bar.update(task, advance=1, status=status)
+                if bar.disable:  # no terminal: a plain line now and then, and when the last image is done
+                    done, now = int(bar.tasks[0].completed), time.monotonic()
+                    if now - logged[0] >= log_every or done == len(subjects):
+                        logged[0] = now
+                        typer.echo(f"{pipeline}: {done}/{len(subjects)} images, {status}", err=True)
 
             records = C.curate_subjects(built, subjects, session, concurrency=concurrency, stop=stop,
                                         on_done=advance)
