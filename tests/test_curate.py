@@ -121,6 +121,16 @@ def test_an_unreachable_endpoint_stops_the_run_after_one_request_s_retries(tmp_p
     assert client.attempts == 4  # the first request's attempts; no image is skipped for it
 
 
+def test_an_unreachable_endpoint_is_the_reason_given_when_every_worker_stops(tmp_path):
+    source, _ = shapes_source(tmp_path, n=6)
+    pipeline = PIPELINES["llava-instruct"](PromptSet(shipped("llava-instruct")))
+    client = LLMClient(Endpoint(f"http://127.0.0.1:{_closed_port()}/v1", "scripted", timeout_s=10), FAST)
+    session = Session(client, Cache(tmp_path / "cache.sqlite"))
+    # the workers still retrying stop with `Stopped` when the first gives up: the run names the endpoint
+    with pytest.raises(EndpointError, match=r"cannot reach http://127\.0\.0\.1:\d+/v1"):
+        curate_subjects(pipeline, read_subjects([source]), session, concurrency=3)
+
+
 def test_a_request_timing_out_on_every_attempt_is_skipped_and_the_run_goes_on(tmp_path):
     with ScriptedLLM(lambda body: Reply("late", delay=1.0)) as llm:
         client = LLMClient(Endpoint(llm.base_url, "scripted", timeout_s=0.2), Backoff(retries=1, first_s=0.0))

@@ -15,7 +15,7 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 
 from ..records import Record, write_jsonl
-from .client import Stopped
+from .client import EndpointError, Stopped
 from .pipeline import Pipeline
 from .session import Session, Skip, Tally
 from .subjects import Subject
@@ -25,7 +25,9 @@ class Interrupted(Exception):
     """The run stopped early (Ctrl-C); what was answered is in the cache."""
 
 
-def _one(pipeline: Pipeline, subject: Subject, session: Session, stop: threading.Event) -> list[Record]:
+def _one(
+    pipeline: Pipeline, subject: Subject, session: Session, stop: threading.Event, fatal: list[EndpointError]
+) -> list[Record]:
     if stop.is_set():
         raise Stopped("interrupted")
     try:
@@ -33,6 +35,11 @@ def _one(pipeline: Pipeline, subject: Subject, session: Session, stop: threading
     except Skip as skip:  # a pipeline may also give up on a whole subject by raising
         session.skip(skip.reason)
         return []
+    except EndpointError as err:
+        # stop at once, before this worker takes the next subject: the endpoint would refuse it too
+        fatal.append(err)
+        stop.set()
+        raise
     with session.tally.lock:
         session.tally.records += len(records)
     return records
@@ -50,9 +57,10 @@ def curate_subjects(
         raise ValueError(f"concurrency must be at least 1, got {concurrency}")
     stop = stop or session.client.stop
     results: list[list[Record] | None] = [None] * len(subjects)
+    fatal: list[EndpointError] = []  # what stopped the run, when the endpoint did
     pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="curate")
     try:
-        pending = {pool.submit(_one, pipeline, s, session, stop): i for i, s in enumerate(subjects)}
+        pending = {pool.submit(_one, pipeline, s, session, stop, fatal): i for i, s in enumerate(subjects)}
         while pending:
             done, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
             for future in done:
@@ -62,6 +70,8 @@ def curate_subjects(
                     on_done(session.tally)
     except (KeyboardInterrupt, Stopped) as err:
         stop.set()
+        if fatal:  # a worker stopped because the endpoint refused: that is the reason, not an interruption
+            raise fatal[0] from None
         raise Interrupted("interrupted") from err
     except BaseException:  # EndpointError, or a bug: the other workers stop too
         stop.set()
