@@ -98,7 +98,8 @@ def test_real_photos_of_every_image_mode_are_described_corrected_and_checked(tmp
                       "--base-url", llm.base_url, "--describer", str(tiny_dir), "--device", "cpu",
                       "--describe-max-tokens", "6", "--concurrency", "1")
         described = [last_user(b) for b in llm.bodies]
-    assert "4 records" in output and "skipped" not in output
+    summary = output.strip().splitlines()[-1]  # the run's last line; progress lines come before it
+    assert summary.startswith("4 records;") and "skipped" not in summary, output
     assert all(d.strip() for d in described)  # the LLM was sent what the model said about each photo
     checked = CliRunner().invoke(app, ["data", "check", str(out)])
     assert checked.exit_code == 0 and "4 valid records" in checked.output, checked.output
