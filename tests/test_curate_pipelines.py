@@ -211,7 +211,10 @@ def test_a_killed_run_resumes_without_duplicates_or_repeated_requests(tmp_path, 
     with ScriptedLLM(lambda body: Reply(_instruct_llm(body), delay=0.3)) as server:
         command = [sys.executable, "-m", "groundlm", "curate", *args, "--base-url", server.base_url,
                    "--model", "scripted", "--backoff", "0"]
-        proc = subprocess.Popen(command, env=child_env(), stderr=subprocess.PIPE, text=True)
+        # Ctrl-C's default handling in the child, also when these tests run in a background job (which ignores
+        # SIGINT, and Python then installs no KeyboardInterrupt handler)
+        default_sigint = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
+        proc = subprocess.Popen(command, env=child_env(), stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
         deadline = time.monotonic() + 120
         while len(server.answered) < 5:
             assert proc.poll() is None, proc.stderr.read()
